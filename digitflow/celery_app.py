@@ -1,0 +1,47 @@
+"""``make_celery(service, settings)``: the one Celery configuration every service shares."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from digitflow.settings import CoreSettings
+from digitflow.tasks import ROUTES
+
+
+def make_celery(service: str, settings: CoreSettings) -> Celery:
+    """A Celery app speaking msgpack only (no pickle is ever accepted), without result storage.
+
+    Results are not stored because the job record in Redis is the source of truth; a chain's
+    next message is sent by the worker whatever the backend. Tasks are acknowledged after they
+    run and rejected when their worker dies, so a killed worker's batch is redelivered; the
+    job store makes that redelivery harmless.
+    """
+    app = Celery(service, broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="msgpack",
+        result_serializer="msgpack",
+        accept_content=["msgpack"],
+        event_serializer="json",
+        result_backend=None,
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_routes=ROUTES,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_connect_timeout": 2,
+            "socket_keepalive": True,
+        },
+        broker_heartbeat=0,
+        worker_enable_remote_control=True,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    return app

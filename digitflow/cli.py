@@ -1,0 +1,169 @@
+"""``digitflow``: run the system locally, submit images, read jobs.
+
+    digitflow run [--preprocess-workers N ...]   start everything (what `make run` calls)
+    digitflow submit IMAGE... [--wait [S]]        send images, print the jobs (and answers)
+    digitflow job JOB_ID [--wait S]               show one job
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = os.environ.get("DIGITFLOW_URL", "http://127.0.0.1:8000")
+
+
+def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def _multipart(files: list[Path], model: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    chunks: list[bytes] = []
+    for path in files:
+        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+        chunks += [head.encode(), f"Content-Type: {ctype}\r\n\r\n".encode(), path.read_bytes(), b"\r\n"]
+    chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode())
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    body, ctype = _multipart([Path(f) for f in args.images], args.model)
+    headers = {"Content-Type": ctype}
+    if args.wait:
+        headers["Prefer"] = f"wait={args.wait:g}"
+    if args.api_key:
+        headers["X-API-Key"] = args.api_key
+    status, answer = _request(f"{args.url}/v1/jobs", body, headers, timeout=args.wait + 30)
+    jobs = answer.get("jobs", [answer]) if isinstance(answer, dict) else []
+    if args.wait and status == 202:  # not all finished in time: poll the rest
+        jobs = [_request(f"{args.url}/v1/jobs/{j['job_id']}?wait={args.wait:g}")[1] for j in jobs]
+    print(json.dumps(jobs[0] if len(jobs) == 1 else {"jobs": jobs} if jobs else answer, indent=2))
+    if status >= 400:
+        return 2
+    return 1 if any(j.get("status") == "failed" for j in jobs) else 0
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    suffix = f"?wait={args.wait:g}" if args.wait else ""
+    status, answer = _request(f"{args.url}/v1/jobs/{args.job_id}{suffix}", timeout=args.wait + 30)
+    print(json.dumps(answer, indent=2))
+    return 0 if status < 400 else 2
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from digitflow.redis_client import is_reachable
+    from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec, wait_for_redis
+
+    var_dir = Path(os.environ.get("VAR_DIR", Path.cwd() / "var")).resolve()
+    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    specs = []
+    if is_reachable(redis_url):
+        print(f"using Redis at {redis_url}")
+    else:
+        port = free_port()
+        specs.append(redis_spec(var_dir, port))
+        redis_url = f"redis://127.0.0.1:{port}/0"
+        print(f"no Redis answered; starting a private redis-server on port {port} (data in {var_dir}/redis)")
+    cfg = StackConfig(
+        var_dir=var_dir,
+        redis_url=redis_url,
+        gateway_port=args.port,
+        flower_port=args.flower_port,
+        workers={"preprocess": args.preprocess_workers, "inference": args.inference_workers, "postprocess": args.postprocess_workers},
+        gateway_workers=args.gateway_workers,
+    )
+    sup = Supervisor(specs + build_specs(cfg), var_dir / "log")
+    stop = {"now": False}
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        if specs:
+            sup.start(specs[0])
+            wait_for_redis(redis_url)
+        for spec in sup.specs[len(specs) :]:
+            sup.start(spec)
+        base = f"http://127.0.0.1:{args.port}"
+        deadline, ready = time.monotonic() + args.ready_timeout, False
+        while not stop["now"] and not ready and time.monotonic() < deadline:
+            sup.poll()
+            try:
+                ready = _request(f"{base}/readyz", timeout=2)[0] == 200
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.3)
+        print(("digitflow is ready" if ready else "digitflow started, but not every stage is ready yet") + ":")
+        print(f"  gateway   {base}   (POST /v1/jobs, GET /v1/jobs/<id>, /readyz, /metrics)")
+        print(f"  flower    http://127.0.0.1:{args.flower_port}")
+        print(f"  metrics   " + "  ".join(f"http://127.0.0.1:{p}/metrics" for p in cfg.metrics_ports))
+        print(f"  logs      {var_dir / 'log'}/<service>.log")
+        print("Ctrl-C stops everything.", flush=True)
+        while not stop["now"]:
+            sup.poll()
+            time.sleep(0.5)
+    finally:
+        print("stopping ...", flush=True)
+        sup.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="digitflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    env = os.environ.get
+    run = sub.add_parser("run", help="start Redis (if needed), gateway, workers and Flower")
+    run.add_argument("--port", type=int, default=int(env("GATEWAY_PORT", "8000")))
+    run.add_argument("--flower-port", type=int, default=int(env("FLOWER_PORT", "5555")))
+    run.add_argument("--preprocess-workers", type=int, default=int(env("PREPROCESS_WORKERS", "2")))
+    run.add_argument("--inference-workers", type=int, default=int(env("INFERENCE_WORKERS", "1")))
+    run.add_argument("--postprocess-workers", type=int, default=int(env("POSTPROCESS_WORKERS", "1")))
+    run.add_argument("--gateway-workers", type=int, default=int(env("GATEWAY_WORKERS", "1")))
+    run.add_argument("--ready-timeout", type=float, default=90.0)
+    run.set_defaults(func=cmd_run)
+    submit = sub.add_parser("submit", help="submit images, one job each")
+    submit.add_argument("images", nargs="+")
+    submit.add_argument("--model", default="digits")
+    submit.add_argument("--wait", type=float, nargs="?", const=10.0, default=0.0, help="wait up to S seconds (default 10)")
+    submit.add_argument("--url", default=DEFAULT_URL)
+    submit.add_argument("--api-key", default=env("DIGITFLOW_API_KEY"))
+    submit.set_defaults(func=cmd_submit)
+    job = sub.add_parser("job", help="show a job")
+    job.add_argument("job_id")
+    job.add_argument("--wait", type=float, default=0.0)
+    job.add_argument("--url", default=DEFAULT_URL)
+    job.set_defaults(func=cmd_job)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (OSError, urllib.error.URLError) as exc:
+        print(f"digitflow: {exc}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""One error tree for every service.
+
+Each error carries a stable, machine-readable ``code`` (what clients branch on), an HTTP
+``status`` (what the gateway answers) and the ``stage`` that raised it (what a failed job
+records). Arguments are passed to ``Exception.__init__`` so errors survive serialization.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DigitflowError(Exception):
+    """Base of every error digitflow raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message, details)
+        self.message = message
+        self.details = details
+
+    def to_dict(self, stage: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if stage is not None:
+            body["stage"] = stage
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class InvalidRequestError(DigitflowError):
+    """The request itself is malformed (missing field, bad parameter)."""
+
+    code = "invalid_request"
+    status = 400
+
+
+class EmptyImageError(InvalidRequestError):
+    code = "empty_image"
+
+
+class InvalidImageError(DigitflowError):
+    """The bytes are not a decodable image (corrupt, truncated, not an image at all)."""
+
+    code = "invalid_image"
+    status = 400
+
+
+class UnsupportedFormatError(InvalidImageError):
+    """A real image, but in a format digitflow does not open (e.g. TIFF, PSD, SVG)."""
+
+    code = "unsupported_format"
+    status = 415
+
+
+class ImageTooLargeError(InvalidImageError):
+    """Too many pixels for the file size or in absolute terms (decompression bombs)."""
+
+    code = "image_too_large"
+    status = 413
+
+
+class PayloadTooLargeError(DigitflowError):
+    code = "payload_too_large"
+    status = 413
+
+
+class NoInkError(InvalidImageError):
+    """The image decodes but holds nothing that looks like a drawn mark (a blank page)."""
+
+    code = "no_ink"
+    status = 422
+
+
+class JobNotFoundError(DigitflowError):
+    code = "job_not_found"
+    status = 404
+
+
+class ModelNotFoundError(DigitflowError):
+    code = "model_not_found"
+    status = 404
+
+
+class ModelUnavailableError(DigitflowError):
+    """The model exists but cannot be loaded by this worker (corrupt or missing weights)."""
+
+    code = "model_unavailable"
+    status = 503
+
+
+class InferenceFailedError(DigitflowError):
+    code = "inference_failed"
+    status = 500
+
+
+class InvalidMessageError(DigitflowError):
+    """A stage received a message that does not match the schema it speaks."""
+
+    code = "invalid_message"
+    status = 500
+
+
+class ServiceUnavailableError(DigitflowError):
+    """A dependency (Redis) is unreachable; clients should retry later."""
+
+    code = "service_unavailable"
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 2, **details: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **details)
+        self.retry_after = retry_after
+
+
+class OverloadedError(ServiceUnavailableError):
+    code = "overloaded"
+    status = 429
+
+
+class ConfigurationError(DigitflowError):
+    """Settings failed validation at start-up."""
+
+    code = "configuration_error"

@@ -1,0 +1,110 @@
+"""JSON logging and Prometheus metrics, the same shape in every service.
+
+Each log line is one JSON object with ``service``, ``event`` and, where they apply, ``job_id``,
+``stage``, ``duration_ms`` and ``error_code``. Metrics use prometheus_client's multiprocess mode
+because gunicorn and Celery's prefork pool spread one service over several processes; the
+service's HTTP endpoint aggregates them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+_CONTEXT_FIELDS = ("job_id", "stage", "event", "duration_ms", "error_code", "batch_id", "batch_size", "model")
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 4),
+            "level": record.levelname.lower(),
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _CONTEXT_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def setup_logging(service: str, level: str = "INFO", fmt: str = "json", log_file: Path | None = None) -> None:
+    """Send every log record to stdout (containers) or to ``log_file`` (``make run``)."""
+    handler: logging.Handler
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+    else:
+        handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter(service) if fmt == "json" else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Celery's per-task success line formats the task's return value with saferepr: that is
+    # the whole next batch message, and costs ~10% of a worker. Our stages log their own lines.
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    logger.log(level, event, extra={"event": event, **fields})
+
+
+def prepare_multiprocess_dir(path: Path) -> None:
+    """Empty the metrics directory once per service start, before any process writes to it."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
+def render_metrics(extra: CollectorRegistry | None = None) -> bytes:
+    """Prometheus text of all this service's processes (plus an optional live registry)."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    text = generate_latest(registry)
+    if extra is not None:
+        text += generate_latest(extra)
+    return text
+
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+STAGE_SECONDS = Histogram(
+    "digitflow_stage_duration_seconds", "Run time of one stage batch", ["stage"], buckets=LATENCY_BUCKETS
+)
+STAGE_QUEUE_SECONDS = Histogram(
+    "digitflow_stage_queue_wait_seconds", "Time a batch waited in the stage's queue", ["stage"], buckets=LATENCY_BUCKETS
+)
+JOBS_PROCESSED = Counter("digitflow_jobs_processed", "Jobs a stage finished successfully", ["stage"])
+JOBS_FAILED = Counter("digitflow_jobs_failed", "Jobs a stage failed, by error code", ["stage", "code"])
+BATCH_SIZE = Histogram(
+    "digitflow_batch_size", "Jobs per batch message", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+MODEL_LOADS = Counter("digitflow_model_loads", "Model loads by outcome", ["model", "outcome"])
+MODEL_LOADED = Gauge("digitflow_model_loaded", "1 while this process serves the model version", ["model", "version"], multiprocess_mode="max")
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    @property
+    def ms(self) -> float:
+        return round((time.perf_counter() - self.start) * 1000.0, 3)

@@ -1,0 +1,145 @@
+"""Typed settings, one object per service, read from the environment and validated at start.
+
+Nothing here is read at import time: each service calls ``X.from_env()`` when it starts, and
+tests build the objects directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Self, get_type_hints
+
+from digitflow.errors import ConfigurationError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _parse(raw: str, kind: Any, name: str) -> Any:
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in {"1", "true", "yes", "on"}:
+                return True
+            if low in {"0", "false", "no", "off", ""}:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is Path:
+            return Path(raw)
+        if kind == tuple[str, ...]:
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigurationError(f"{name}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """What every service needs: where Redis is, how long jobs live, where logs go."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    job_ttl_s: int = 24 * 3600
+    var_dir: Path = REPO_ROOT / "var"
+    log_format: str = "json"  # json | text
+    log_level: str = "INFO"
+    # Task events let Flower show every task; they cost one extra Redis publish per task event.
+    task_events: bool = True
+    # How long Redis keeps an unacknowledged message before giving it to another worker.
+    visibility_timeout_s: int = 60
+    heartbeat_interval_s: float = 2.0
+    heartbeat_ttl_s: float = 10.0
+    models: tuple[str, ...] = ("digits",)
+    default_model: str = "digits"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        """Build settings from ``env`` (default ``os.environ``); raise ConfigurationError."""
+        env = os.environ if env is None else env
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.upper()
+            if key in env:
+                values[f.name] = _parse(env[key], hints[f.name], key)
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigurationError(f"REDIS_URL must be a redis:// URL, got {self.redis_url!r}")
+        if self.job_ttl_s < 60:
+            raise ConfigurationError("JOB_TTL_S must be at least 60 seconds")
+        if self.log_format not in {"json", "text"}:
+            raise ConfigurationError("LOG_FORMAT must be json or text")
+        if self.default_model not in self.models:
+            raise ConfigurationError(f"DEFAULT_MODEL {self.default_model!r} is not in MODELS")
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ConfigurationError("HEARTBEAT_TTL_S must exceed HEARTBEAT_INTERVAL_S")
+
+    @property
+    def log_dir(self) -> Path:
+        return self.var_dir / "log"
+
+
+@dataclass(frozen=True)
+class GatewaySettings(CoreSettings):
+    max_upload_mb: float = 10.0
+    max_image_pixels: int = 40_000_000
+    max_parts: int = 64
+    max_wait_s: float = 30.0
+    # Micro-batching: jobs arriving together travel as one chain (see gateway/batcher.py).
+    batch_max: int = 32
+    batch_wait_ms: float = 5.0
+    batches_in_flight: int = 3
+    # Overload: answer 429 rather than let queues grow without bound.
+    max_queue_depth: int = 5000
+    api_keys: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.max_upload_mb <= 1024:
+            raise ConfigurationError("MAX_UPLOAD_MB must be in (0, 1024]")
+        if not 1 <= self.batch_max <= 1024:
+            raise ConfigurationError("BATCH_MAX must be in [1, 1024]")
+        if self.batch_wait_ms < 0 or self.batches_in_flight < 1:
+            raise ConfigurationError("BATCH_WAIT_MS must be >= 0 and BATCHES_IN_FLIGHT >= 1")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class WorkerSettings(CoreSettings):
+    """Settings of a stage worker; ``metrics_port`` is where its Prometheus text is served."""
+
+    metrics_port: int = 0
+    max_image_pixels: int = 40_000_000
+
+
+@dataclass(frozen=True)
+class InferenceSettings(WorkerSettings):
+    model_dir: Path = REPO_ROOT / "models"
+    device: str = "auto"  # auto | cpu | cuda
+    torch_threads: int = 1
+    # Where a fault-injection test (or an operator) may point one worker at other weights.
+    model_path_override: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.device not in {"auto", "cpu", "cuda"}:
+            raise ConfigurationError("DEVICE must be auto, cpu or cuda")
+        if self.torch_threads < 1:
+            raise ConfigurationError("TORCH_THREADS must be >= 1")

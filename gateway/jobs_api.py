@@ -1,0 +1,108 @@
+"""``/v1/jobs``: submit images, read jobs, long-poll for their answers."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from digitflow.errors import DigitflowError, OverloadedError
+from digitflow.jobs import TERMINAL, NewJob, new_job_id
+from digitflow.messages import Item
+from gateway.services import GatewayServices
+from gateway.uploads import idempotency_key_of, model_of, prefer_wait_of, uploads_of, wait_param_of
+
+bp = Blueprint("jobs", __name__)
+RECHECK_S = 1.0  # waiters re-read the record this often even without a notification
+
+
+class UnauthorizedError(DigitflowError):
+    code = "unauthorized"
+    status = 401
+
+
+def services() -> GatewayServices:
+    return current_app.extensions["digitflow"]  # type: ignore[no-any-return]
+
+
+def _check_api_key(svc: GatewayServices) -> None:
+    keys = svc.settings.api_keys
+    if not keys:
+        return
+    given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
+    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+        raise UnauthorizedError("a valid API key is required (X-API-Key header)")
+
+
+def _check_overload(svc: GatewayServices) -> None:
+    stats = svc.queue_stats()
+    depth = sum(s.depth for s in stats)
+    if depth > svc.settings.max_queue_depth:
+        raise OverloadedError("the pipeline is overloaded; retry shortly", retry_after=2, queued=depth)
+
+
+def wait_for(svc: GatewayServices, job_ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
+    """Current views of ``job_ids``, waiting up to ``timeout_s`` for all to finish."""
+    events = [svc.listener.register(job_id) for job_id in job_ids]
+    try:
+        deadline = time.monotonic() + timeout_s
+        views = [svc.store.get(job_id) for job_id in job_ids]
+        for i, job_id in enumerate(job_ids):
+            while views[i]["status"] not in TERMINAL:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                events[i].wait(min(remaining, RECHECK_S))
+                events[i].clear()
+                views[i] = svc.store.get(job_id)
+        return views
+    finally:
+        for job_id, event in zip(job_ids, events, strict=True):
+            svc.listener.unregister(job_id, event)
+
+
+def _accepted(job_id: str, status: str) -> dict[str, Any]:
+    return {"job_id": job_id, "status": status, "links": {"self": f"/v1/jobs/{job_id}"}}
+
+
+@bp.post("/v1/jobs")
+def submit() -> Response | tuple[Response, int, dict[str, str]]:
+    """Accept one job per image; 202 (or 200 with the answer under ``Prefer: wait``)."""
+    svc = services()
+    _check_api_key(svc)
+    _check_overload(svc)
+    model = model_of(request, svc.settings)
+    uploads = uploads_of(request, svc.settings)
+    key = idempotency_key_of(request)
+    jobs = [NewJob(new_job_id(), model, upload.data) for upload in uploads]
+    keys = [f"{key}:{i}" if len(jobs) > 1 else key for i in range(len(jobs))] if key else None
+    ids = svc.store.create(jobs, keys)
+    fresh: list[Item] = [{"job_id": job.job_id, "model": model} for job, id_ in zip(jobs, ids, strict=True) if job.job_id == id_]
+    if fresh:
+        svc.dispatch(fresh)
+
+    wait_s = prefer_wait_of(request, svc.settings.max_wait_s)
+    if wait_s > 0 or len(fresh) < len(jobs):
+        views = wait_for(svc, ids, wait_s)
+        if wait_s > 0 and all(v["status"] in TERMINAL for v in views):
+            body = views[0] if len(views) == 1 else {"jobs": views}
+            return jsonify(body), 200, {"Location": f"/v1/jobs/{ids[0]}", "Preference-Applied": f"wait={wait_s:g}"}
+        statuses = [v["status"] for v in views]
+    else:
+        statuses = ["queued"] * len(ids)
+    accepted = [_accepted(job_id, status) for job_id, status in zip(ids, statuses, strict=True)]
+    body = accepted[0] if len(accepted) == 1 else {"jobs": accepted}
+    return jsonify(body), 202, {"Location": f"/v1/jobs/{ids[0]}"}
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    """The job's state; ``?wait=N`` holds up to N seconds for it to finish. 404 if unknown."""
+    svc = services()
+    wait_s = wait_param_of(request, svc.settings.max_wait_s)
+    if wait_s > 0:
+        svc.listener.ensure_started()
+        return jsonify(wait_for(svc, [job_id], wait_s)[0])
+    return jsonify(svc.store.get(job_id))

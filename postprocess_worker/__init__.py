@@ -1,0 +1,1 @@
+"""The postprocess stage: logits -> label, confidence, probabilities, outlier flag."""

@@ -1,0 +1,46 @@
+"""Thin Celery task of the preprocess stage: fetch each job's image, make its 28x28 input."""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+
+from digitflow.errors import DigitflowError, InvalidImageError
+from digitflow.jobs import JobStore
+from digitflow.messages import Batch, Item
+from digitflow.settings import WorkerSettings
+from digitflow.stage import run_stage
+from digitflow.tasks import PREPROCESS
+from digitflow.worker_runtime import ProcessResources, forward
+from preprocess_worker.steps import preprocess
+
+
+class ImageMissingError(InvalidImageError):
+    """The parked upload is gone (expired or already consumed by a finished job)."""
+
+    code = "image_missing"
+
+
+def preprocess_items(items: list[Item], store: JobStore, max_pixels: int) -> list[Item | DigitflowError]:
+    """One Redis round trip for the whole batch's images, then pure image work per item."""
+    images = store.images([item["job_id"] for item in items])
+    out: list[Item | DigitflowError] = []
+    for item, data in zip(items, images, strict=True):
+        if data is None:
+            out.append(ImageMissingError("the uploaded image is no longer stored"))
+            continue
+        try:
+            out.append({"job_id": item["job_id"], "model": item["model"], "pixels": preprocess(data, max_pixels)})
+        except DigitflowError as exc:
+            out.append(exc)
+    return out
+
+
+def register_tasks(app: Celery, settings: WorkerSettings) -> None:
+    resources = ProcessResources(settings)
+
+    @app.task(name=PREPROCESS, bind=True)
+    def run(self: Task, batch: Batch) -> Batch:
+        def step(items: list[Item]) -> list[Item | DigitflowError]:
+            return preprocess_items(items, resources.store, settings.max_image_pixels)
+
+        return forward(self, run_stage("preprocess", batch, resources.store, step))

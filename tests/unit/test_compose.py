@@ -1,0 +1,86 @@
+"""compose.yaml cannot rot: its services, commands, queues and health checks match the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from digitflow.supervisor import StackConfig, build_specs
+from digitflow.tasks import QUEUE_OF_STAGE
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKERS = {"preprocess_worker": "preprocess", "inference_worker": "inference", "postprocess_worker": "postprocess"}
+SECRETS = {"REDIS_PASSWORD": "test-secret", "FLOWER_USER": "admin", "FLOWER_PASSWORD": "test-pass"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def dockerfile_stages() -> dict[str, str]:
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^FROM .* AS (\w+)\s*$", text, flags=re.MULTILINE)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def test_every_service_is_there_with_a_health_check_and_restart_policy(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"redis", "gateway", *WORKERS, "flower"}
+    for name, service in services.items():
+        assert "healthcheck" in service, f"{name} has no health check"
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_redis_persists_with_aof_and_a_password(compose: dict[str, Any]) -> None:
+    command = compose["services"]["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert "--requirepass" in command
+
+
+@pytest.mark.parametrize(("service", "stage"), WORKERS.items())
+def test_worker_commands_match_the_real_entry_points(compose: dict[str, Any], service: str, stage: str) -> None:
+    command = compose["services"][service]["command"]
+    app = command[command.index("-A") + 1]
+    module, attr = app.split(":")
+    assert module == f"{service}.worker" and attr == "app"
+    source = (ROOT / service / "worker.py").read_text()
+    assert re.search(r"^app = create_worker_app\(", source, re.MULTILINE), f"{module} defines no Celery app"
+    assert command[command.index("-Q") + 1] == QUEUE_OF_STAGE[stage]
+    # The same entry point and queue as `make run` starts.
+    local = {s.name: s.argv for s in build_specs(StackConfig(flower=False))}[stage]
+    assert local[local.index("-A") + 1] == app and local[local.index("-Q") + 1] == QUEUE_OF_STAGE[stage]
+    assert compose["services"][service]["build"]["target"] == stage
+
+
+def test_gateway_runs_the_app_factory_under_gunicorn(compose: dict[str, Any]) -> None:
+    command = compose["services"]["gateway"]["command"]
+    assert command[0] == "gunicorn" and command[-1] == "gateway:create_app()"
+    assert (ROOT / command[command.index("-c") + 1]).is_file()
+
+
+def test_only_the_inference_image_installs_torch() -> None:
+    stages = dockerfile_stages()
+    assert {"gateway", "preprocess", "inference", "postprocess", "flower"} <= set(stages)
+    for name, body in stages.items():
+        installs_torch = "[inference]" in body or "torch" in body.replace("whl/cpu", "")
+        assert installs_torch == (name == "inference"), name
+
+
+def test_docker_compose_validates_the_file() -> None:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose (Debian package) is not installed; `make system-deps` installs it")
+    env = {**os.environ, **SECRETS}
+    result = subprocess.run([exe, "-f", str(ROOT / "compose.yaml"), "config", "-q"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    bare = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    refused = subprocess.run([exe, "-f", str(ROOT / "compose.yaml"), "config", "-q"], env=bare, capture_output=True, text=True)
+    assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr
