@@ -1,13 +1,14 @@
 """``digitflow``: run the system locally, submit images, read jobs.
 
-    digitflow run [--preprocess-workers N ...]   start everything (what `make run` calls)
-    digitflow submit IMAGE... [--wait [S]]        send images, print the jobs (and answers)
-    digitflow job JOB_ID [--wait S]               show one job
+digitflow run [--preprocess-workers N ...]   start everything (what `make run` calls)
+digitflow submit IMAGE... [--wait [S]]        send images, print the jobs (and answers)
+digitflow job JOB_ID [--wait S]               show one job
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mimetypes
 import os
@@ -23,7 +24,9 @@ from typing import Any
 DEFAULT_URL = os.environ.get("DIGITFLOW_URL", "http://127.0.0.1:8000")
 
 
-def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60) -> tuple[int, Any]:
+def _request(
+    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, Any]:
     req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -87,8 +90,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         redis_url=redis_url,
         gateway_port=args.port,
         flower_port=args.flower_port,
-        workers={"preprocess": args.preprocess_workers, "inference": args.inference_workers, "postprocess": args.postprocess_workers},
+        workers={
+            "preprocess": args.preprocess_workers,
+            "inference": args.inference_workers,
+            "postprocess": args.postprocess_workers,
+        },
         gateway_workers=args.gateway_workers,
+        metrics_ports=tuple(int(p) for p in args.metrics_ports.split(",")),  # type: ignore[arg-type]
     )
     sup = Supervisor(specs + build_specs(cfg), var_dir / "log")
     stop = {"now": False}
@@ -108,15 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         deadline, ready = time.monotonic() + args.ready_timeout, False
         while not stop["now"] and not ready and time.monotonic() < deadline:
             sup.poll()
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 ready = _request(f"{base}/readyz", timeout=2)[0] == 200
-            except (OSError, ValueError):
-                pass
             time.sleep(0.3)
         print(("digitflow is ready" if ready else "digitflow started, but not every stage is ready yet") + ":")
         print(f"  gateway   {base}   (POST /v1/jobs, GET /v1/jobs/<id>, /readyz, /metrics)")
         print(f"  flower    http://127.0.0.1:{args.flower_port}")
-        print(f"  metrics   " + "  ".join(f"http://127.0.0.1:{p}/metrics" for p in cfg.metrics_ports))
+        print("  metrics   " + "  ".join(f"http://127.0.0.1:{p}/metrics" for p in cfg.metrics_ports))
         print(f"  logs      {var_dir / 'log'}/<service>.log")
         print("Ctrl-C stops everything.", flush=True)
         while not stop["now"]:
@@ -129,7 +135,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="digitflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="digitflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     env = os.environ.get
     run = sub.add_parser("run", help="start Redis (if needed), gateway, workers and Flower")
@@ -139,12 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inference-workers", type=int, default=int(env("INFERENCE_WORKERS", "1")))
     run.add_argument("--postprocess-workers", type=int, default=int(env("POSTPROCESS_WORKERS", "1")))
     run.add_argument("--gateway-workers", type=int, default=int(env("GATEWAY_WORKERS", "1")))
+    run.add_argument(
+        "--metrics-ports", default=env("METRICS_PORTS", "9101,9102,9103"), help="preprocess,inference,postprocess"
+    )
     run.add_argument("--ready-timeout", type=float, default=90.0)
     run.set_defaults(func=cmd_run)
     submit = sub.add_parser("submit", help="submit images, one job each")
     submit.add_argument("images", nargs="+")
     submit.add_argument("--model", default="digits")
-    submit.add_argument("--wait", type=float, nargs="?", const=10.0, default=0.0, help="wait up to S seconds (default 10)")
+    submit.add_argument(
+        "--wait", type=float, nargs="?", const=10.0, default=0.0, help="wait up to S seconds (default 10)"
+    )
     submit.add_argument("--url", default=DEFAULT_URL)
     submit.add_argument("--api-key", default=env("DIGITFLOW_API_KEY"))
     submit.set_defaults(func=cmd_submit)

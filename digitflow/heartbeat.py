@@ -7,6 +7,7 @@ than the TTL; ``kill -9`` therefore shows up within one TTL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -42,10 +43,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        try:
+        with contextlib.suppress(redis.RedisError):
             self.client.zrem(PREFIX + self.stage, self.name)
-        except redis.RedisError:
-            pass
 
 
 def live_workers(client: redis.Redis, ttl_s: float, stages: Iterable[str] = STAGES) -> dict[str, list[str]]:

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -138,7 +138,9 @@ class JobStore:
         fields = {"status": STATUS_OF_STAGE[stage], f"t:{stage}:queued": repr(queued_at), f"t:{stage}:start": now}
         return self.update([(job_id, fields) for job_id in job_ids])
 
-    def end_stage(self, stage: str, job_ids: Sequence[str], extra: Mapping[str, Mapping[str, str]] | None = None) -> None:
+    def end_stage(
+        self, stage: str, job_ids: Sequence[str], extra: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         now = repr(time.time())
         extra = extra or {}
         self.update([(job_id, {f"t:{stage}:end": now, **extra.get(job_id, {})}) for job_id in job_ids])
@@ -154,27 +156,30 @@ class JobStore:
         now = repr(time.time())
         self.update(
             [
-                (job_id, {"status": "succeeded", "result": json.dumps(result), "finished_at": now, f"t:{stage}:end": now})
+                (
+                    job_id,
+                    {"status": "succeeded", "result": json.dumps(result), "finished_at": now, f"t:{stage}:end": now},
+                )
                 for job_id, result in results
             ],
             terminal=True,
         )
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
-        return list(self.redis.mget([IMAGE_PREFIX + j for j in job_ids])) if job_ids else []
+        return cast(list[bytes | None], self.redis.mget([IMAGE_PREFIX + j for j in job_ids])) if job_ids else []
 
     # -- reading ------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any]:
         """The public view of a job; raises JobNotFoundError for unknown or expired ids."""
         if not is_valid_job_id(job_id):
             raise JobNotFoundError("no job with this id", job_id=job_id[:64])
-        raw = self.redis.hgetall(JOB_PREFIX + job_id)
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(JOB_PREFIX + job_id))
         if not raw:
             raise JobNotFoundError("no job with this id (unknown or expired)", job_id=job_id)
         return render_job(job_id, {k.decode(): v.decode() for k, v in raw.items()})
 
     def status(self, job_id: str) -> str | None:
-        value = self.redis.hget(JOB_PREFIX + job_id, "status")
+        value = cast(bytes | None, self.redis.hget(JOB_PREFIX + job_id, "status"))
         return value.decode() if value is not None else None
 
 

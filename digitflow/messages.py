@@ -60,7 +60,7 @@ def check_item(raw: Any, needs: Sequence[str]) -> Item:
         logits = raw["logits"]
         if not isinstance(logits, list) or not logits or not all(isinstance(x, float | int) for x in logits):
             raise InvalidMessageError("logits must be a non-empty list of numbers", job_id=job_id)
-    return Item(**raw)  # type: ignore[typeddict-item]
+    return Item(**raw)
 
 
 def parse_batch(raw: Any) -> Batch:

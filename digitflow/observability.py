@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 _CONTEXT_FIELDS = ("job_id", "stage", "event", "duration_ms", "error_code", "batch_id", "batch_size", "model")
 
@@ -53,7 +52,9 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json", log_file
         handler = logging.FileHandler(log_file)
     else:
         handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service) if fmt == "json" else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setFormatter(
+        JsonFormatter(service) if fmt == "json" else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -98,7 +99,12 @@ BATCH_SIZE = Histogram(
     "digitflow_batch_size", "Jobs per batch message", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
 MODEL_LOADS = Counter("digitflow_model_loads", "Model loads by outcome", ["model", "outcome"])
-MODEL_LOADED = Gauge("digitflow_model_loaded", "1 while this process serves the model version", ["model", "version"], multiprocess_mode="max")
+MODEL_LOADED = Gauge(
+    "digitflow_model_loaded",
+    "1 while this process serves the model version",
+    ["model", "version"],
+    multiprocess_mode="max",
+)
 
 
 class Stopwatch:

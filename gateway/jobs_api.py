@@ -24,7 +24,7 @@ class UnauthorizedError(DigitflowError):
 
 
 def services() -> GatewayServices:
-    return current_app.extensions["digitflow"]  # type: ignore[no-any-return]
+    return current_app.extensions["digitflow"]
 
 
 def _check_api_key(svc: GatewayServices) -> None:
@@ -79,7 +79,9 @@ def submit() -> Response | tuple[Response, int, dict[str, str]]:
     jobs = [NewJob(new_job_id(), model, upload.data) for upload in uploads]
     keys = [f"{key}:{i}" if len(jobs) > 1 else key for i in range(len(jobs))] if key else None
     ids = svc.store.create(jobs, keys)
-    fresh: list[Item] = [{"job_id": job.job_id, "model": model} for job, id_ in zip(jobs, ids, strict=True) if job.job_id == id_]
+    fresh: list[Item] = [
+        {"job_id": job.job_id, "model": model} for job, id_ in zip(jobs, ids, strict=True) if job.job_id == id_
+    ]
     if fresh:
         svc.dispatch(fresh)
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 
 from flask import Request
 
-from digitflow.errors import DigitflowError, EmptyImageError, InvalidRequestError, ModelNotFoundError, UnsupportedFormatError
+from digitflow.errors import (
+    DigitflowError,
+    EmptyImageError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UnsupportedFormatError,
+)
 from digitflow.images import ImageInfo, inspect_image
 from digitflow.settings import GatewaySettings
 

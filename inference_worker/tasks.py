@@ -18,4 +18,6 @@ def register_tasks(app: Celery, settings: InferenceSettings) -> None:
 
     @app.task(name=INFERENCE, bind=True)
     def run(self: Task, batch: Batch) -> Batch:
-        return forward(self, run_stage("inference", batch, resources.store, lambda items: infer_items(items, models), ("pixels",)))
+        return forward(
+            self, run_stage("inference", batch, resources.store, lambda items: infer_items(items, models), ("pixels",))
+        )

@@ -35,5 +35,7 @@ def summarize(logits: Sequence[float], outlier_threshold: float = DEFAULT_OUTLIE
     }
 
 
-def postprocess_items(items: Sequence[Item], outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD) -> list[dict[str, Any]]:
+def postprocess_items(
+    items: Sequence[Item], outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD
+) -> list[dict[str, Any]]:
     return [summarize(item["logits"], outlier_threshold) for item in items]

@@ -17,4 +17,6 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> None:
 
     @app.task(name=POSTPROCESS, bind=True)
     def run(self: Task, batch: Batch) -> Batch:
-        return forward(self, run_stage("postprocess", batch, resources.store, postprocess_items, ("logits",), terminal=True))
+        return forward(
+            self, run_stage("postprocess", batch, resources.store, postprocess_items, ("logits",), terminal=True)
+        )

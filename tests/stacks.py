@@ -5,6 +5,7 @@ It is started with the same supervisor ``make run`` uses, against the test sessi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -32,7 +33,9 @@ class Stack:
         port = dict(zip(("preprocess", "inference", "postprocess"), self.config.metrics_ports, strict=True))[stage]
         return f"http://127.0.0.1:{port}/metrics"
 
-    def submit(self, data: bytes, content_type: str = "image/png", wait: float = 0, **headers: str) -> requests.Response:
+    def submit(
+        self, data: bytes, content_type: str = "image/png", wait: float = 0, **headers: str
+    ) -> requests.Response:
         if wait:
             headers["Prefer"] = f"wait={wait:g}"
         return self.session.post(
@@ -50,10 +53,8 @@ class Stack:
         events = []
         for line in path.read_text(errors="replace").splitlines():
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(ValueError):
                     events.append(json.loads(line))
-                except ValueError:
-                    pass
         return events
 
     def wait_ready(self, timeout_s: float = 90.0) -> dict[str, Any]:

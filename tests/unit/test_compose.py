@@ -79,8 +79,12 @@ def test_docker_compose_validates_the_file() -> None:
     if exe is None:
         pytest.skip("docker-compose (Debian package) is not installed; `make system-deps` installs it")
     env = {**os.environ, **SECRETS}
-    result = subprocess.run([exe, "-f", str(ROOT / "compose.yaml"), "config", "-q"], env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [exe, "-f", str(ROOT / "compose.yaml"), "config", "-q"], env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     bare = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    refused = subprocess.run([exe, "-f", str(ROOT / "compose.yaml"), "config", "-q"], env=bare, capture_output=True, text=True)
+    refused = subprocess.run(
+        [exe, "-f", str(ROOT / "compose.yaml"), "config", "-q"], env=bare, capture_output=True, text=True
+    )
     assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr

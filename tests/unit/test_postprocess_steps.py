@@ -36,5 +36,7 @@ def test_flat_logits_are_flagged_as_outlier() -> None:
 def test_items_keep_their_order() -> None:
     a, b = [0.0] * 10, [0.0] * 10
     a[3], b[8] = 9.0, 9.0
-    out = postprocess_items([{"job_id": "x", "model": "digits", "logits": a}, {"job_id": "y", "model": "digits", "logits": b}])
+    out = postprocess_items(
+        [{"job_id": "x", "model": "digits", "logits": a}, {"job_id": "y", "model": "digits", "logits": b}]
+    )
     assert [r["label"] for r in out] == [3, 8]

@@ -8,7 +8,9 @@ from digitflow.settings import GatewaySettings, InferenceSettings
 
 
 def test_settings_read_typed_values_from_the_environment() -> None:
-    s = GatewaySettings.from_env({"BATCH_MAX": "8", "TASK_EVENTS": "false", "MODELS": "digits, fashion", "MAX_UPLOAD_MB": "2.5"})
+    s = GatewaySettings.from_env(
+        {"BATCH_MAX": "8", "TASK_EVENTS": "false", "MODELS": "digits, fashion", "MAX_UPLOAD_MB": "2.5"}
+    )
     assert s.batch_max == 8
     assert s.task_events is False
     assert s.models == ("digits", "fashion")
@@ -38,7 +40,13 @@ def test_inference_device_is_validated() -> None:
 def test_batch_envelope_is_validated() -> None:
     good = make_batch("b1", [{"job_id": "j", "model": "digits"}], sent_at=1.0)
     assert parse_batch(good)["items"][0]["job_id"] == "j"
-    for bad in [None, [], {"v": 2, "items": [], "sent_at": 1.0}, {"v": 1, "items": "x", "sent_at": 1.0}, {"v": 1, "items": []}]:
+    for bad in [
+        None,
+        [],
+        {"v": 2, "items": [], "sent_at": 1.0},
+        {"v": 1, "items": "x", "sent_at": 1.0},
+        {"v": 1, "items": []},
+    ]:
         with pytest.raises(InvalidMessageError):
             parse_batch(bad)
 
