@@ -36,8 +36,13 @@ def make_celery(service: str, settings: CoreSettings) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
         broker_transport_options={
+            # A message a dead worker held is given to another worker after this long (see
+            # README, "Reliability"); sweeps for such messages run every 2 s.
             "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": 2,
+            "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,
+            "socket_timeout": 10,
             "socket_keepalive": True,
         },
         broker_heartbeat=0,

@@ -96,6 +96,20 @@ class InferenceFailedError(DigitflowError):
     status = 500
 
 
+class PoisonJobError(DigitflowError):
+    """The job's input crashed its stage's worker process every time it ran, alone."""
+
+    code = "poison"
+    status = 422
+
+
+class DeadlineExceededError(DigitflowError):
+    """The job did not finish within JOB_DEADLINE_S (its message was lost or a stage stayed down)."""
+
+    code = "deadline_exceeded"
+    status = 504
+
+
 class InvalidMessageError(DigitflowError):
     """A stage received a message that does not match the schema it speaks."""
 

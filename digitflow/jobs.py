@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,11 +24,17 @@ JOB_PREFIX = "df:job:"
 IMAGE_PREFIX = "df:img:"
 IDEMPOTENCY_PREFIX = "df:idem:"
 DONE_CHANNEL = "df:done"
+ACTIVE_KEY = "df:active"  # zset: unfinished job id -> accepted at (for the deadline sweep)
+ATTEMPT_PREFIX = "df:attempt:"  # per (stage, batch): how many times the batch was delivered
+SUSPECT_PREFIX = "df:suspect:"  # per (stage, batch): the job running alone when its process died
 TERMINAL = frozenset({"succeeded", "failed"})
 STATUS_OF_STAGE = {"preprocess": "preprocessing", "inference": "inferring", "postprocess": "postprocessing"}
+# Which stage a job in each status waits on or runs in (a queued job waits for preprocess).
+STAGE_OF_STATUS = {"queued": "preprocess", **{v: k for k, v in STATUS_OF_STAGE.items()}}
 
 # KEYS: job hashes. ARGV[1]: JSON list, one entry per key: [job_id, terminal(0|1), {field: value}].
-# ARGV[2]: done channel. ARGV[3]: image key prefix. Returns 1 per key that was live and updated.
+# ARGV[2]: done channel. ARGV[3]: image key prefix. ARGV[4]: active-jobs zset.
+# Returns 1 per key that was live and updated.
 _UPDATE_LUA = """
 local updates = cjson.decode(ARGV[1])
 local live, done = {}, {}
@@ -42,10 +48,12 @@ for i, key in ipairs(KEYS) do
     if u[2] == 1 then
       done[#done + 1] = u[1]
       redis.call('DEL', ARGV[3] .. u[1])
+      redis.call('ZREM', ARGV[4], u[1])
     end
     live[i] = 1
   else
     live[i] = 0
+    if not status then redis.call('ZREM', ARGV[4], updates[i][1]) end
   end
 end
 if #done > 0 then redis.call('PUBLISH', ARGV[2], table.concat(done, ',')) end
@@ -106,15 +114,16 @@ class JobStore:
                     if not created:
                         ids[i] = existing.decode()
                         fresh[i] = False
-        now = repr(time.time())
+        now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         for job, is_fresh in zip(jobs, fresh, strict=True):
             if not is_fresh:
                 continue
             key = JOB_PREFIX + job.job_id
-            pipe.hset(key, mapping={"status": "queued", "model": job.model, "created_at": now})
+            pipe.hset(key, mapping={"status": "queued", "model": job.model, "created_at": repr(now)})
             pipe.expire(key, self.ttl_s)
             pipe.set(IMAGE_PREFIX + job.job_id, job.image, ex=self.ttl_s)
+            pipe.zadd(ACTIVE_KEY, {job.job_id: now})
         pipe.execute()
         return ids
 
@@ -123,20 +132,39 @@ class JobStore:
         self.update([(job_id, _fail_fields("gateway", error)) for job_id in job_ids], terminal=True)
 
     # -- stage side ---------------------------------------------------------------------
-    def update(self, changes: Sequence[tuple[str, Mapping[str, str]]], terminal: bool = False) -> list[bool]:
-        """Apply field changes to live jobs only; returns, per job, whether it was live."""
+    def update(
+        self, changes: Sequence[tuple[str, Mapping[str, str]]], terminal: bool = False, client: Any = None
+    ) -> list[bool]:
+        """Apply field changes to live jobs only; returns, per job, whether it was live.
+
+        With a pipeline as ``client`` the call is queued and the pipeline's result holds it.
+        """
         if not changes:
             return []
         payload = json.dumps([[job_id, int(terminal), dict(fields)] for job_id, fields in changes])
         live = self._update(
-            keys=[JOB_PREFIX + job_id for job_id, _ in changes], args=[payload, DONE_CHANNEL, IMAGE_PREFIX]
+            keys=[JOB_PREFIX + job_id for job_id, _ in changes],
+            args=[payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_KEY],
+            client=client,
         )
-        return [bool(x) for x in live]
+        return [bool(x) for x in live] if client is None else []
 
-    def start_stage(self, stage: str, job_ids: Sequence[str], queued_at: float) -> list[bool]:
+    def start_stage(
+        self, stage: str, batch_id: str, job_ids: Sequence[str], queued_at: float
+    ) -> tuple[list[bool], int]:
+        """Mark live jobs as running in ``stage`` and count this delivery of the batch, in one
+        round trip. Returns per job whether it is live, and the delivery attempt (1 = first)."""
+        if not job_ids:
+            return [], 1
         now = repr(time.time())
         fields = {"status": STATUS_OF_STAGE[stage], f"t:{stage}:queued": repr(queued_at), f"t:{stage}:start": now}
-        return self.update([(job_id, fields) for job_id in job_ids])
+        attempt_key = f"{ATTEMPT_PREFIX}{stage}:{batch_id}"
+        pipe = self.redis.pipeline(transaction=False)
+        self.update([(job_id, fields) for job_id in job_ids], client=pipe)
+        pipe.incr(attempt_key)
+        pipe.expire(attempt_key, self.ttl_s)
+        live, attempt, _ = pipe.execute()
+        return [bool(x) for x in live], int(attempt)
 
     def end_stage(
         self, stage: str, job_ids: Sequence[str], extra: Mapping[str, Mapping[str, str]] | None = None
@@ -164,6 +192,53 @@ class JobStore:
             ],
             terminal=True,
         )
+
+    # -- redelivery bookkeeping (see digitflow/stage.py) -----------------------------------
+    def set_suspect(self, stage: str, batch_id: str, job_id: str | None) -> None:
+        key = f"{SUSPECT_PREFIX}{stage}:{batch_id}"
+        if job_id is None:
+            self.redis.delete(key)
+        else:
+            self.redis.set(key, job_id, ex=self.ttl_s)
+
+    def strike_suspect(self, stage: str, batch_id: str) -> tuple[str, int] | None:
+        """The job that was running alone when the last delivery's process died, with its
+        strike count for this stage, now one higher; None if no job was running alone."""
+        suspect = cast(bytes | None, self.redis.getdel(f"{SUSPECT_PREFIX}{stage}:{batch_id}"))
+        if suspect is None:
+            return None
+        job_id = suspect.decode()
+        strikes = int(cast(int, self.redis.hincrby(JOB_PREFIX + job_id, f"strikes:{stage}", 1)))
+        return job_id, strikes
+
+    # -- deadline sweep --------------------------------------------------------------------
+    def overdue(self, deadline_s: float, limit: int = 500) -> list[str]:
+        cutoff = time.time() - deadline_s
+        ids = cast(list[bytes], self.redis.zrangebyscore(ACTIVE_KEY, "-inf", cutoff, start=0, num=limit))
+        return [i.decode() for i in ids]
+
+    def fail_overdue(self, deadline_s: float, error_for: Callable[[str], DigitflowError]) -> list[str]:
+        """Fail every job unfinished ``deadline_s`` after acceptance, at the stage it waits in.
+
+        ``error_for(stage)`` builds the error; returns the ids failed now.
+        """
+        ids = self.overdue(deadline_s)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(JOB_PREFIX + job_id, "status")
+        statuses = pipe.execute()
+        changes = []
+        for job_id, status in zip(ids, statuses, strict=True):
+            stage = STAGE_OF_STATUS.get(status.decode() if status else "", "preprocess")
+            changes.append((job_id, _fail_fields(stage, error_for(stage))))
+        live = self.update(changes, terminal=True)
+        # Already finished or expired records: just forget them.
+        gone = [job_id for job_id, is_live in zip(ids, live, strict=True) if not is_live]
+        if gone:
+            self.redis.zrem(ACTIVE_KEY, *gone)
+        return [job_id for job_id, is_live in zip(ids, live, strict=True) if is_live]
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
         return cast(list[bytes | None], self.redis.mget([IMAGE_PREFIX + j for j in job_ids])) if job_ids else []

@@ -12,10 +12,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Self, get_type_hints
+from urllib.parse import urlsplit
 
 from digitflow.errors import ConfigurationError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Secrets that were obviously copied from an example and never changed.
+PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "password", "secret", "placeholder", "example", "redis"})
 
 
 def _parse(raw: str, kind: Any, name: str) -> Any:
@@ -51,8 +54,14 @@ class CoreSettings:
     log_level: str = "INFO"
     # Task events let Flower show every task; they cost one extra Redis publish per task event.
     task_events: bool = True
-    # How long Redis keeps an unacknowledged message before giving it to another worker.
-    visibility_timeout_s: int = 60
+    # How long Redis keeps an unacknowledged message before giving it to another worker: far
+    # above a batch's run time (< 1 s), and the bound on recovery after a worker's main process dies.
+    visibility_timeout_s: int = 30
+    # A job not finished this long after it was accepted is failed (code deadline_exceeded), so
+    # nothing stays queued forever even if a message is lost (e.g. Redis killed without AOF sync).
+    job_deadline_s: int = 900
+    # A job whose stage process died this many times while running it alone is failed as poison.
+    max_strikes: int = 2
     heartbeat_interval_s: float = 2.0
     heartbeat_ttl_s: float = 10.0
     models: tuple[str, ...] = ("digits",)
@@ -87,6 +96,13 @@ class CoreSettings:
             raise ConfigurationError(f"DEFAULT_MODEL {self.default_model!r} is not in MODELS")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ConfigurationError("HEARTBEAT_TTL_S must exceed HEARTBEAT_INTERVAL_S")
+        if self.visibility_timeout_s < 5 or self.job_deadline_s <= self.visibility_timeout_s:
+            raise ConfigurationError("VISIBILITY_TIMEOUT_S must be >= 5 and below JOB_DEADLINE_S")
+        if self.max_strikes < 1:
+            raise ConfigurationError("MAX_STRIKES must be >= 1")
+        password = urlsplit(self.redis_url).password
+        if password is not None and password.lower() in PLACEHOLDER_SECRETS:
+            raise ConfigurationError("REDIS_URL carries a placeholder password; set a real secret")
 
     @property
     def log_dir(self) -> Path:
@@ -103,8 +119,11 @@ class GatewaySettings(CoreSettings):
     batch_max: int = 32
     batch_wait_ms: float = 5.0
     batches_in_flight: int = 3
-    # Overload: answer 429 rather than let queues grow without bound.
-    max_queue_depth: int = 5000
+    # Overload: answer 429 rather than let latency grow without bound, when the jobs waiting
+    # (in this process's batcher plus the stage queues) or the oldest one's age pass a limit.
+    max_queue_depth: int = 2000
+    max_queue_age_s: float = 10.0
+    sweep_interval_s: float = 5.0
     api_keys: tuple[str, ...] = ()
 
     def validate(self) -> None:
@@ -127,6 +146,9 @@ class WorkerSettings(CoreSettings):
 
     metrics_port: int = 0
     max_image_pixels: int = 40_000_000
+    # Fault injection for the reliability tests only: a preprocess worker whose input contains
+    # this byte string kills its own process (SIGABRT), as a decoder crash would. Empty = off.
+    fault_crash_marker: str = ""
 
 
 @dataclass(frozen=True)

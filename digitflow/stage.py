@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from digitflow.errors import DigitflowError, InvalidMessageError
+from digitflow.errors import DigitflowError, InvalidMessageError, PoisonJobError
 from digitflow.jobs import JobStore
 from digitflow.messages import Batch, Item, check_item, make_batch, parse_batch
 from digitflow.observability import (
@@ -47,6 +47,7 @@ def run_stage(
     step: Step,
     needs: Sequence[str] = (),
     terminal: bool = False,
+    max_strikes: int = 2,
 ) -> Batch:
     """Run ``step`` over a batch; returns the batch for the next stage (empty if none left)."""
     received = time.time()
@@ -65,7 +66,7 @@ def run_stage(
             job_id = exc.details.get("job_id")
             if job_id:
                 failures.append((job_id, exc))
-    live = store.start_stage(stage, [item["job_id"] for item in items], batch["sent_at"])
+    live, attempt = store.start_stage(stage, batch["batch_id"], [item["job_id"] for item in items], batch["sent_at"])
     # Jobs already finished (a redelivered message after a crash) are not run again.
     items = [item for item, is_live in zip(items, live, strict=True) if is_live]
     STAGE_QUEUE_SECONDS.labels(stage).observe(max(0.0, received - batch["sent_at"]))
@@ -73,14 +74,14 @@ def run_stage(
 
     started = time.perf_counter()
     outputs: Sequence[Any]
-    try:
-        outputs = step(items) if items else []
-        if len(outputs) != len(items):
-            raise InvalidMessageError(f"{stage} step returned {len(outputs)} outputs for {len(items)} items")
-    except Exception as exc:  # the whole step broke (e.g. model will not load): fail its jobs
-        if not isinstance(exc, DigitflowError):
-            logger.exception("step crashed", extra={"event": "step_crashed", "stage": stage})
-        outputs = [_failure_of(stage, exc)] * len(items)
+    if items and attempt > 1:
+        # This batch was delivered before and its process died: find the culprit by running
+        # the jobs one at a time, and fail a job that keeps killing the process as poison.
+        items, poisoned = _strike(stage, store, batch["batch_id"], items, max_strikes)
+        failures += poisoned
+        outputs = _run_one_by_one(stage, store, batch["batch_id"], items, step)
+    else:
+        outputs = _run_batch(stage, items, step)
     duration = time.perf_counter() - started
     STAGE_SECONDS.labels(stage).observe(duration)
 
@@ -104,6 +105,41 @@ def run_stage(
     if terminal:
         return make_batch(batch["batch_id"], [])
     return make_batch(batch["batch_id"], [out for _, out in passed])
+
+
+def _run_batch(stage: str, items: list[Item], step: Step) -> Sequence[Any]:
+    try:
+        outputs = step(items) if items else []
+        if len(outputs) != len(items):
+            raise InvalidMessageError(f"{stage} step returned {len(outputs)} outputs for {len(items)} items")
+        return outputs
+    except Exception as exc:  # the whole step broke (e.g. model will not load): fail its jobs
+        if not isinstance(exc, DigitflowError):
+            logger.exception("step crashed", extra={"event": "step_crashed", "stage": stage})
+        return [_failure_of(stage, exc)] * len(items)
+
+
+def _run_one_by_one(stage: str, store: JobStore, batch_id: str, items: list[Item], step: Step) -> list[Any]:
+    outputs: list[Any] = []
+    for item in items:
+        store.set_suspect(stage, batch_id, item["job_id"])
+        outputs.extend(_run_batch(stage, [item], step))
+    store.set_suspect(stage, batch_id, None)
+    return outputs
+
+
+def _strike(
+    stage: str, store: JobStore, batch_id: str, items: list[Item], max_strikes: int
+) -> tuple[list[Item], list[tuple[str, DigitflowError]]]:
+    struck = store.strike_suspect(stage, batch_id)
+    log_event(logger, "batch_redelivered", logging.WARNING, stage=stage, batch_id=batch_id, suspect=struck)
+    if struck is None or struck[1] < max_strikes:
+        return items, []
+    job_id, strikes = struck
+    err = PoisonJobError(
+        f"this input crashed the {stage} worker {strikes} times; it will not be retried", strikes=strikes
+    )
+    return [item for item in items if item["job_id"] != job_id], [(job_id, err)]
 
 
 def _record(

@@ -90,6 +90,12 @@ class Batcher:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def oldest_wait_s(self) -> float:
+        """How long the oldest job not yet sent has waited here (0 when none waits)."""
+        with self._cond:
+            return time.monotonic() - self._pending[0][0] if self._pending else 0.0
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from digitflow.errors import DigitflowError, OverloadedError
+from digitflow.errors import DigitflowError
 from digitflow.jobs import TERMINAL, NewJob, new_job_id
 from digitflow.messages import Item
 from gateway.services import GatewayServices
@@ -34,13 +34,6 @@ def _check_api_key(svc: GatewayServices) -> None:
     given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
     if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
         raise UnauthorizedError("a valid API key is required (X-API-Key header)")
-
-
-def _check_overload(svc: GatewayServices) -> None:
-    stats = svc.queue_stats()
-    depth = sum(s.depth for s in stats)
-    if depth > svc.settings.max_queue_depth:
-        raise OverloadedError("the pipeline is overloaded; retry shortly", retry_after=2, queued=depth)
 
 
 def wait_for(svc: GatewayServices, job_ids: list[str], timeout_s: float) -> list[dict[str, Any]]:
@@ -72,7 +65,7 @@ def submit() -> Response | tuple[Response, int, dict[str, str]]:
     """Accept one job per image; 202 (or 200 with the answer under ``Prefer: wait``)."""
     svc = services()
     _check_api_key(svc)
-    _check_overload(svc)
+    svc.check_overload()
     model = model_of(request, svc.settings)
     uploads = uploads_of(request, svc.settings)
     key = idempotency_key_of(request)
@@ -105,6 +98,6 @@ def get_job(job_id: str) -> Response:
     svc = services()
     wait_s = wait_param_of(request, svc.settings.max_wait_s)
     if wait_s > 0:
-        svc.listener.ensure_started()
+        svc.ensure_started()
         return jsonify(wait_for(svc, [job_id], wait_s)[0])
     return jsonify(svc.store.get(job_id))

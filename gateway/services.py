@@ -10,13 +10,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import redis
 from celery import Celery, chain
 
 from digitflow.celery_app import make_celery
-from digitflow.errors import DigitflowError, ServiceUnavailableError
+from digitflow.errors import DeadlineExceededError, DigitflowError, OverloadedError, ServiceUnavailableError
 from digitflow.jobs import JobStore
 from digitflow.messages import Item, make_batch
-from digitflow.observability import BATCH_SIZE
+from digitflow.observability import BATCH_SIZE, log_event
 from digitflow.queues import QueueStats, queue_stats
 from digitflow.redis_client import connect
 from digitflow.settings import GatewaySettings
@@ -25,6 +26,7 @@ from gateway.batcher import Batcher
 from gateway.completions import CompletionListener
 
 logger = logging.getLogger("gateway")
+SWEEP_LOCK = "df:sweeper:lock"
 
 
 @dataclass
@@ -52,6 +54,8 @@ class GatewayServices:
         # Its own connection with no read timeout: it blocks in pub/sub by design.
         self.listener = CompletionListener(connect(settings.redis_url, socket_timeout=None), self.batcher.finished)  # type: ignore[arg-type]
         self._queues = _QueueCache()
+        self._sweeper: threading.Thread | None = None
+        self._sweeper_lock = threading.Lock()
 
     def _send_chain(self, batch_id: str, items: list[Item]) -> None:
         BATCH_SIZE.labels("gateway").observe(len(items))
@@ -68,8 +72,50 @@ class GatewayServices:
         self.store.fail_unsent([item["job_id"] for item in items], err)
 
     def dispatch(self, items: list[Item]) -> None:
-        self.listener.ensure_started()
+        self.ensure_started()
         self.batcher.submit(items)
+
+    def ensure_started(self) -> None:
+        """Background threads start in the process that serves requests (after gunicorn forks)."""
+        self.listener.ensure_started()
+        with self._sweeper_lock:
+            if self._sweeper is None:
+                self._sweeper = threading.Thread(target=self._sweep_loop, name="deadline-sweeper", daemon=True)
+                self._sweeper.start()
+
+    def _sweep_loop(self) -> None:
+        """Fail jobs past JOB_DEADLINE_S, so none stays queued forever; one sweeper at a time
+        across all gateway processes (a Redis lock)."""
+        interval = self.settings.sweep_interval_s
+        while True:
+            time.sleep(interval)
+            try:
+                if self.redis.set(SWEEP_LOCK, "1", nx=True, px=int(interval * 900)):
+                    failed = self.store.fail_overdue(
+                        self.settings.job_deadline_s,
+                        lambda stage: DeadlineExceededError(
+                            f"not finished within {self.settings.job_deadline_s} s (stuck at {stage})"
+                        ),
+                    )
+                    if failed:
+                        log_event(logger, "jobs_deadline_exceeded", logging.WARNING, count=len(failed), job_ids=failed)
+            except redis.RedisError as exc:
+                logger.warning("deadline sweep skipped: %s", exc, extra={"event": "sweep_skipped"})
+
+    def check_overload(self) -> None:
+        """Raise OverloadedError when waiting work or its age passes the configured limits."""
+        limits = self.settings
+        stats = self.queue_stats()
+        waiting = self.batcher.pending + sum(s.depth for s in stats)
+        oldest = max([self.batcher.oldest_wait_s, *(s.oldest_age_s for s in stats)])
+        if waiting > limits.max_queue_depth or oldest > limits.max_queue_age_s:
+            retry = max(1, min(30, round(oldest))) if oldest > 1 else 1
+            raise OverloadedError(
+                "the pipeline is overloaded; retry shortly",
+                retry_after=retry,
+                waiting=waiting,
+                oldest_s=round(oldest, 2),
+            )
 
     def queue_stats(self, max_age_s: float = 0.5) -> list[QueueStats]:
         """Queue stats, cached briefly: the overload check runs on every submission."""

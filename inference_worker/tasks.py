@@ -19,5 +19,13 @@ def register_tasks(app: Celery, settings: InferenceSettings) -> None:
     @app.task(name=INFERENCE, bind=True)
     def run(self: Task, batch: Batch) -> Batch:
         return forward(
-            self, run_stage("inference", batch, resources.store, lambda items: infer_items(items, models), ("pixels",))
+            self,
+            run_stage(
+                "inference",
+                batch,
+                resources.store,
+                lambda items: infer_items(items, models),
+                ("pixels",),
+                max_strikes=settings.max_strikes,
+            ),
         )

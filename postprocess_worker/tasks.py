@@ -18,5 +18,14 @@ def register_tasks(app: Celery, settings: WorkerSettings) -> None:
     @app.task(name=POSTPROCESS, bind=True)
     def run(self: Task, batch: Batch) -> Batch:
         return forward(
-            self, run_stage("postprocess", batch, resources.store, postprocess_items, ("logits",), terminal=True)
+            self,
+            run_stage(
+                "postprocess",
+                batch,
+                resources.store,
+                postprocess_items,
+                ("logits",),
+                terminal=True,
+                max_strikes=settings.max_strikes,
+            ),
         )

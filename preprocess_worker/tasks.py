@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery, Task
 
 from digitflow.errors import DigitflowError, InvalidImageError
@@ -20,7 +22,9 @@ class ImageMissingError(InvalidImageError):
     code = "image_missing"
 
 
-def preprocess_items(items: list[Item], store: JobStore, max_pixels: int) -> list[Item | DigitflowError]:
+def preprocess_items(
+    items: list[Item], store: JobStore, max_pixels: int, crash_marker: bytes = b""
+) -> list[Item | DigitflowError]:
     """One Redis round trip for the whole batch's images, then pure image work per item."""
     images = store.images([item["job_id"] for item in items])
     out: list[Item | DigitflowError] = []
@@ -28,6 +32,8 @@ def preprocess_items(items: list[Item], store: JobStore, max_pixels: int) -> lis
         if data is None:
             out.append(ImageMissingError("the uploaded image is no longer stored"))
             continue
+        if crash_marker and crash_marker in data:
+            os.abort()  # fault injection (FAULT_CRASH_MARKER): behave like a crashing decoder
         try:
             out.append({"job_id": item["job_id"], "model": item["model"], "pixels": preprocess(data, max_pixels)})
         except DigitflowError as exc:
@@ -37,10 +43,11 @@ def preprocess_items(items: list[Item], store: JobStore, max_pixels: int) -> lis
 
 def register_tasks(app: Celery, settings: WorkerSettings) -> None:
     resources = ProcessResources(settings)
+    crash_marker = settings.fault_crash_marker.encode()
 
     @app.task(name=PREPROCESS, bind=True)
     def run(self: Task, batch: Batch) -> Batch:
         def step(items: list[Item]) -> list[Item | DigitflowError]:
-            return preprocess_items(items, resources.store, settings.max_image_pixels)
+            return preprocess_items(items, resources.store, settings.max_image_pixels, crash_marker)
 
-        return forward(self, run_stage("preprocess", batch, resources.store, step))
+        return forward(self, run_stage("preprocess", batch, resources.store, step, max_strikes=settings.max_strikes))
