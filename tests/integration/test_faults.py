@@ -205,7 +205,9 @@ def test_redis_restart_mid_stream(tmp_path: Path) -> None:
         ready_after = time.monotonic() - restarted
         ids += submit_many(stack, images[20:], per_request=5)
         jobs = wait_all(stack, ids, timeout_s=150)
-        print(f"\n[redis restart] gateway 503 in {answered_in * 1000:.0f} ms; ready {ready_after:.1f} s after Redis returned")
+        print(
+            f"\n[redis restart] gateway 503 in {answered_in * 1000:.0f} ms; ready {ready_after:.1f} s after Redis returned"
+        )
         statuses = Counter(str(j["status"]) for j in jobs)
         assert statuses["succeeded"] + statuses["failed"] == 40, statuses
         failures = [j["error"] for j in jobs if j["status"] == "failed"]
@@ -252,3 +254,49 @@ def _status(stack: Stack, path: str) -> int:
         return requests.get(stack.base_url + path, timeout=3).status_code
     except requests.RequestException:
         return 0
+
+
+def test_overload_sheds_load_with_429_instead_of_growing_latency(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A closed-loop burst far above capacity: the gateway answers 429 + Retry-After once the
+    waiting work's age passes MAX_QUEUE_AGE_S, and every job it accepted still finishes."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url = redis_server.url(9)
+    redis.Redis.from_url(url).flushdb()
+    env = {**FAST_RECOVERY, "MAX_QUEUE_AGE_S": "0.5", "MAX_QUEUE_DEPTH": "40", "BATCH_MAX": "4"}
+    stack = start_stack(url, tmp_path / "var", env=env)
+    images = [data for data, _ in photos(20, seed=700)]
+    try:
+
+        def client(n: int) -> list[tuple[int, str, str]]:
+            session = requests.Session()
+            out = []
+            for i in range(15):
+                r = session.post(
+                    f"{stack.base_url}/v1/jobs",
+                    data=images[(n + i) % 20],
+                    headers={"Content-Type": "image/jpeg"},
+                    timeout=30,
+                )
+                out.append((r.status_code, r.headers.get("Retry-After", ""), r.json().get("job_id", "")))
+            session.close()
+            return out
+
+        with ThreadPoolExecutor(48) as pool:
+            answers = [a for batch in pool.map(client, range(48)) for a in batch]
+        statuses = Counter(status for status, _, _ in answers)
+        accepted = [job_id for status, _, job_id in answers if status == 202]
+        shed = [(s, retry) for s, retry, _ in answers if s == 429]
+        assert statuses[202] + statuses[429] == len(answers), statuses
+        assert shed and all(int(retry) >= 1 for _, retry in shed), statuses
+        jobs = wait_all(stack, accepted, timeout_s=120)
+        assert [j["status"] for j in jobs] == ["succeeded"] * len(accepted)
+        latencies = sorted(float(j["timings_ms"]["total"]) for j in jobs)  # type: ignore[index]
+        p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99) - 1]
+        slowest = max(jobs, key=lambda j: float(j["timings_ms"]["total"]))  # type: ignore[index]
+        print("\n[overload] slowest job timings:", slowest["timings_ms"])
+        print(
+            f"[overload] {statuses[202]} accepted, {statuses[429]} shed (429); accepted latency p50 {p50:.0f} ms p99 {p99:.0f} ms"
+        )
+    finally:
+        stack.close()
