@@ -206,7 +206,8 @@ def test_redis_restart_mid_stream(tmp_path: Path) -> None:
         ids += submit_many(stack, images[20:], per_request=5)
         jobs = wait_all(stack, ids, timeout_s=150)
         print(
-            f"\n[redis restart] gateway 503 in {answered_in * 1000:.0f} ms; ready {ready_after:.1f} s after Redis returned"
+            f"\n[redis restart] gateway 503 in {answered_in * 1000:.0f} ms; "
+            f"ready {ready_after:.1f} s after Redis returned"
         )
         statuses = Counter(str(j["status"]) for j in jobs)
         assert statuses["succeeded"] + statuses["failed"] == 40, statuses
@@ -296,7 +297,8 @@ def test_overload_sheds_load_with_429_instead_of_growing_latency(redis_server: R
         slowest = max(jobs, key=lambda j: float(j["timings_ms"]["total"]))  # type: ignore[index]
         print("\n[overload] slowest job timings:", slowest["timings_ms"])
         print(
-            f"[overload] {statuses[202]} accepted, {statuses[429]} shed (429); accepted latency p50 {p50:.0f} ms p99 {p99:.0f} ms"
+            f"[overload] {statuses[202]} accepted, {statuses[429]} shed (429); "
+            f"accepted latency p50 {p50:.0f} ms p99 {p99:.0f} ms"
         )
     finally:
         stack.close()
