@@ -38,4 +38,4 @@ FROM base AS flower
 RUN pip install '.[flower]'
 USER digitflow
 EXPOSE 5555
-CMD ["celery", "flower", "--port=5555"]
+CMD ["python", "-m", "digitflow.flower"]

@@ -117,8 +117,8 @@ def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
         env = {**base, "METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(prom / stage)}
         specs.append(ServiceSpec(stage, argv, env, prom / stage))
     if cfg.flower:
-        argv = [PY, "-m", "celery", "-b", cfg.redis_url, "flower", f"--port={cfg.flower_port}", "--address=127.0.0.1"]
-        specs.append(ServiceSpec("flower", argv, {**base, "FLOWER_UNAUTHENTICATED_API": "true"}))
+        env = {**base, "FLOWER_PORT": str(cfg.flower_port), "FLOWER_UNAUTHENTICATED_API": "true"}
+        specs.append(ServiceSpec("flower", [PY, "-m", "digitflow.flower"], env))
     return specs
 
 

@@ -60,3 +60,20 @@ def test_items_are_checked_one_by_one() -> None:
         check_item({"job_id": "j", "model": "m", "logits": []}, ["logits"])
     with pytest.raises(InvalidMessageError):
         check_item({"model": "m"}, [])
+
+
+def test_placeholder_secrets_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="placeholder"):
+        GatewaySettings.from_env({"REDIS_URL": "redis://:changeme@redis:6379/0"})
+    assert GatewaySettings.from_env({"REDIS_URL": "redis://:s3cr3t-Xq9@redis:6379/0"}).redis_url.endswith("/0")
+
+
+def test_flower_refuses_placeholder_or_missing_auth() -> None:
+    from digitflow.flower import flower_argv
+
+    with pytest.raises(SystemExit, match="real password"):
+        flower_argv({"FLOWER_BASIC_AUTH": "admin:changeme"})
+    with pytest.raises(SystemExit, match="required"):
+        flower_argv({"FLOWER_REQUIRE_AUTH": "1"})
+    argv = flower_argv({"FLOWER_BASIC_AUTH": "admin:a-long-secret", "FLOWER_PORT": "6000"})
+    assert "--basic-auth=admin:a-long-secret" in argv and "--port=6000" in argv
