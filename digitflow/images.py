@@ -9,6 +9,7 @@ decodes, so both ends apply the same rules.
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,16 +80,20 @@ class ImageInfo:
     mode: str
 
 
+_GUARD_LOCK = threading.Lock()
+
+
 @contextmanager
 def pillow_guard() -> Iterator[None]:
     """Silence Pillow's warnings on malformed files and turn its bomb warning into an exception.
 
     Warnings about broken EXIF or odd palettes say nothing a caller can act on (and tests run
     with warnings as errors); a DecompressionBombWarning must stop the work instead.
-    ``catch_warnings`` is process-global, which is acceptable: nothing else here relies on
-    warning filters.
+    ``catch_warnings`` swaps process-global state, so concurrent entries from the gateway's
+    threads could restore each other's filters: a lock serialises them (header parses take
+    microseconds; worker processes run one decode at a time anyway).
     """
-    with warnings.catch_warnings():
+    with _GUARD_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         yield
