@@ -1,4 +1,5 @@
-# One image per service kind (build targets). Only the inference target installs torch.
+# One image per service kind (build targets). Only the inference target installs torch; only the
+# inference, registry and mlflow targets install MLflow.
 FROM python:3.11-slim AS base
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -24,9 +25,25 @@ FROM base AS inference
 COPY inference_worker ./inference_worker
 COPY models ./models
 # CPU wheels keep the image small; use a CUDA base image and the default index for GPUs.
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[inference]'
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[inference,registry]'
 USER digitflow
 CMD ["celery", "-A", "inference_worker.worker:app", "worker", "-Q", "inference", "--concurrency", "1", "-n", "inference@%h", "--without-gossip", "--without-mingle"]
+
+FROM base AS registry
+COPY registry_worker ./registry_worker
+# The shipped models: registered as version 1 / production when the registry is empty.
+COPY models ./models
+RUN pip install '.[registry]'
+USER digitflow
+CMD ["celery", "-A", "registry_worker.worker:app", "worker", "-Q", "registry", "--pool", "solo", "-n", "registry@%h", "--without-gossip", "--without-mingle"]
+
+FROM python:3.11-slim AS mlflow
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 MLFLOW_DISABLE_TELEMETRY=true
+# The server matches the client pinned in pyproject's `registry` extra.
+RUN pip install 'mlflow==3.17.2' && useradd --create-home --uid 10001 mlflow && mkdir /mlflow && chown mlflow /mlflow
+USER mlflow
+EXPOSE 5000
+CMD ["mlflow", "server", "--backend-store-uri", "sqlite:////mlflow/mlflow.db", "--artifacts-destination", "/mlflow/artifacts", "--host", "0.0.0.0"]
 
 FROM base AS postprocess
 COPY postprocess_worker ./postprocess_worker

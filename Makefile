@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Optional system tools some tests use (docker-compose validates compose.yaml offline; Debian's
-# chromium drives the web page test, never a browser downloaded by `playwright install`).
+# chromium drives the web page test, never a browser downloaded by `playwright install`; Debian's
+# dataset-fashion-mnist gives `digitflow train fashion` and the fashion tests their images).
 # Best effort: tests that need a missing tool skip and say why.
 system-deps:
 	@if ! command -v docker-compose >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -28,6 +29,10 @@ system-deps:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
 		|| echo "note: chromium could not be installed; the web page test will skip"; \
+	fi
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
+		|| echo "note: dataset-fashion-mnist could not be installed; the Fashion-MNIST tests will skip"; \
 	fi
 
 run: install

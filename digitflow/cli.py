@@ -3,6 +3,8 @@
 digitflow run [--preprocess-workers N ...]   start everything (what `make run` calls)
 digitflow submit IMAGE... [--wait [S]]        send images, print the jobs (and answers)
 digitflow job JOB_ID [--wait S]               show one job
+digitflow models list|show|promote|rollback   the model registry (see digitflow/cli_models.py)
+digitflow train NAME [--promote-if-better]    train, register, maybe promote
 """
 
 from __future__ import annotations
@@ -97,7 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         },
         gateway_workers=args.gateway_workers,
         metrics_ports=tuple(int(p) for p in args.metrics_ports.split(",")),  # type: ignore[arg-type]
+        registry_metrics_port=args.registry_metrics_port,
+        mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
     )
+    _bootstrap_registry(cfg)
     sup = Supervisor(specs + build_specs(cfg), var_dir / "log")
     stop = {"now": False}
 
@@ -123,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  gateway   {base}   (POST /v1/jobs, GET /v1/jobs/<id>, /readyz, /metrics)")
         print(f"  flower    http://127.0.0.1:{args.flower_port}")
         print("  metrics   " + "  ".join(f"http://127.0.0.1:{p}/metrics" for p in cfg.metrics_ports))
+        print(f"  registry  {cfg.tracking_uri}   (digitflow models list)")
         print(f"  logs      {var_dir / 'log'}/<service>.log")
         print("Ctrl-C stops everything.", flush=True)
         while not stop["now"]:
@@ -132,6 +138,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("stopping ...", flush=True)
         sup.close()
     return 0
+
+
+def _bootstrap_registry(cfg: Any) -> None:
+    """First start: register the shipped models as production, before any worker asks for them."""
+    from digitflow.settings import CoreSettings
+
+    try:
+        from digitflow.cli_models import bootstrap
+
+        settings = CoreSettings.from_env(var_dir=cfg.var_dir, mlflow_tracking_uri=cfg.tracking_uri)
+        done = bootstrap(settings)
+    except ImportError:
+        print("registry: mlflow is not installed (pip install '.[registry]'); serving the shipped models")
+        return
+    except Exception as exc:  # the registry service retries on its own start
+        print(f"registry: bootstrap failed ({type(exc).__name__}: {exc}); the registry service will retry")
+        return
+    if done:
+        print(f"registry: first start, registered {', '.join(done)} (shipped in models/) as production")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-ports", default=env("METRICS_PORTS", "9101,9102,9103"), help="preprocess,inference,postprocess"
     )
+    run.add_argument("--registry-metrics-port", type=int, default=int(env("REGISTRY_METRICS_PORT", "9104")))
     run.add_argument("--ready-timeout", type=float, default=90.0)
     run.set_defaults(func=cmd_run)
     submit = sub.add_parser("submit", help="submit images, one job each")
@@ -166,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--wait", type=float, default=0.0)
     job.add_argument("--url", default=DEFAULT_URL)
     job.set_defaults(func=cmd_job)
+    from digitflow.cli_models import add_model_commands
+
+    add_model_commands(sub)
     return parser
 
 

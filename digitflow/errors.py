@@ -84,6 +84,63 @@ class ModelNotFoundError(DigitflowError):
     status = 404
 
 
+class ModelVersionNotFoundError(ModelNotFoundError):
+    """The model exists, but not that version."""
+
+    code = "model_version_not_found"
+
+
+class ModelVersionInvalidError(DigitflowError):
+    """A registered version's artifacts are missing or corrupt (checked before any worker sees it)."""
+
+    code = "model_version_invalid"
+    status = 409
+
+
+class DeployFailedError(DigitflowError):
+    """An inference process could not load the promoted version; the alias was moved back."""
+
+    code = "deploy_failed"
+    status = 409
+
+
+class DeployTimeoutError(DigitflowError):
+    """Not every live inference process confirmed the new version in time (the alias stays)."""
+
+    code = "deploy_timeout"
+    status = 504
+
+
+class NoPreviousVersionError(DigitflowError):
+    """A rollback with no earlier production version to go back to."""
+
+    code = "no_previous_version"
+    status = 409
+
+
+class UnsupportedProfileError(DigitflowError):
+    """A job names an input profile no preprocessing step implements."""
+
+    code = "unsupported_profile"
+    status = 422
+
+
+class UnauthorizedError(DigitflowError):
+    code = "unauthorized"
+    status = 401
+
+
+class ForbiddenError(DigitflowError):
+    code = "forbidden"
+    status = 403
+
+
+class AdminDisabledError(ForbiddenError):
+    """Write actions on models need ADMIN_TOKEN, and none is configured."""
+
+    code = "admin_disabled"
+
+
 class ModelUnavailableError(DigitflowError):
     """The model exists but cannot be loaded by this worker (corrupt or missing weights)."""
 
@@ -133,7 +190,29 @@ class OverloadedError(ServiceUnavailableError):
     status = 429
 
 
+class RegistryUnavailableError(ServiceUnavailableError):
+    """No registry service is alive, or it did not answer in time."""
+
+    code = "registry_unavailable"
+
+
 class ConfigurationError(DigitflowError):
     """Settings failed validation at start-up."""
 
     code = "configuration_error"
+
+
+def error_from_dict(body: dict[str, Any]) -> DigitflowError:
+    """Rebuild an error sent as ``to_dict()`` (e.g. by the registry service through Redis)."""
+    by_code: dict[str, type[DigitflowError]] = {}
+    stack: list[type[DigitflowError]] = [DigitflowError]
+    while stack:
+        cls = stack.pop()
+        by_code.setdefault(cls.code, cls)
+        stack.extend(cls.__subclasses__())
+    cls = by_code.get(str(body.get("code")), DigitflowError)
+    details = body.get("details") or {}
+    message = str(body.get("message", "error"))
+    if issubclass(cls, ServiceUnavailableError):
+        return cls(message, **{k: v for k, v in details.items() if k != "retry_after"})
+    return cls(message, **details)

@@ -21,9 +21,13 @@ PREFIX = "df:workers:"
 logger = logging.getLogger("digitflow.heartbeat")
 
 
+PROCESSES_PREFIX = "df:workers:processes:"  # hash per stage: worker name -> pool size
+
+
 class Heartbeat:
-    def __init__(self, client: redis.Redis, stage: str, name: str, interval_s: float) -> None:
+    def __init__(self, client: redis.Redis, stage: str, name: str, interval_s: float, processes: int = 1) -> None:
         self.client, self.stage, self.name, self.interval_s = client, stage, name, interval_s
+        self.processes = processes
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{stage}", daemon=True)
 
@@ -31,7 +35,10 @@ class Heartbeat:
         self._thread.start()
 
     def beat(self) -> None:
-        self.client.zadd(PREFIX + self.stage, {self.name: time.time()})
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(PREFIX + self.stage, {self.name: time.time()})
+        pipe.hset(PROCESSES_PREFIX + self.stage, self.name, self.processes)
+        pipe.execute()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -45,6 +52,7 @@ class Heartbeat:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
             self.client.zrem(PREFIX + self.stage, self.name)
+            self.client.hdel(PROCESSES_PREFIX + self.stage, self.name)
 
 
 def live_workers(client: redis.Redis, ttl_s: float, stages: Iterable[str] = STAGES) -> dict[str, list[str]]:
@@ -57,3 +65,12 @@ def live_workers(client: redis.Redis, ttl_s: float, stages: Iterable[str] = STAG
         pipe.zrange(PREFIX + stage, 0, -1)
     answers = pipe.execute()
     return {stage: sorted(n.decode() for n in answers[2 * i + 1]) for i, stage in enumerate(stages)}
+
+
+def live_processes(client: redis.Redis, ttl_s: float, stage: str) -> int:
+    """Pool processes of ``stage`` across its live workers (0 when none is alive)."""
+    names = live_workers(client, ttl_s, [stage])[stage]
+    if not names:
+        return 0
+    sizes = client.hmget(PROCESSES_PREFIX + stage, names)
+    return sum(int(size) if size else 1 for size in sizes)

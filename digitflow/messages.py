@@ -21,7 +21,13 @@ MAX_ITEMS = 1024
 class Item(TypedDict, total=False):
     job_id: str
     model: str
+    # Set by the gateway from the registry view: which preprocessing the model wants, and the
+    # version a job pinned (``digits@3``); absent = the model's production version.
+    profile: str
+    pin: str
+    # Set by inference: the one version that served the job, and its class labels.
     version: str
+    labels: list[str]
     pixels: bytes
     logits: list[float]
 
@@ -51,6 +57,9 @@ def check_item(raw: Any, needs: Sequence[str]) -> Item:
         raise InvalidMessageError("batch item has no valid job_id")
     if not isinstance(raw.get("model"), str):
         raise InvalidMessageError("batch item has no model", job_id=job_id)
+    for key in ("profile", "pin"):
+        if key in raw and not isinstance(raw[key], str):
+            raise InvalidMessageError(f"batch item {key!r} must be a string", job_id=job_id)
     for key in needs:
         if key not in raw:
             raise InvalidMessageError(f"batch item lacks {key!r}", job_id=job_id)

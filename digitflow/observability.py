@@ -19,7 +19,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-_CONTEXT_FIELDS = ("job_id", "stage", "event", "duration_ms", "error_code", "batch_id", "batch_size", "model")
+_CONTEXT_FIELDS = (
+    "job_id", "stage", "event", "duration_ms", "error_code", "batch_id", "batch_size", "model", "version", "deploy_id",
+)  # fmt: skip
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,6 +63,8 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json", log_file
     # Celery's per-task success line formats the task's return value with saferepr: that is
     # the whole next batch message, and costs ~10% of a worker. Our stages log their own lines.
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)
+    # "Task ... received" for every message: our batch_done / job_stage_done lines say more.
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
 
 
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -99,6 +103,11 @@ BATCH_SIZE = Histogram(
     "digitflow_batch_size", "Jobs per batch message", ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )
 MODEL_LOADS = Counter("digitflow_model_loads", "Model loads by outcome", ["model", "outcome"])
+MODEL_EVICTIONS = Counter("digitflow_model_evictions", "Model versions dropped from memory (LRU)", ["model"])
+MODEL_DEPLOYS = Counter("digitflow_model_deploys", "Version switches by outcome (swapped|failed)", ["model", "outcome"])
+MODEL_SWAP_SECONDS = Histogram(
+    "digitflow_model_swap_seconds", "Load-next-to-the-old-one then swap, per process", buckets=LATENCY_BUCKETS
+)
 MODEL_LOADED = Gauge(
     "digitflow_model_loaded",
     "1 while this process serves the model version",

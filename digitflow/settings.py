@@ -66,6 +66,14 @@ class CoreSettings:
     heartbeat_ttl_s: float = 10.0
     models: tuple[str, ...] = ("digits",)
     default_model: str = "digits"
+    # The model registry (MLflow). Empty: the embedded default, a SQLite store and an artifact
+    # folder under VAR_DIR/mlflow; in compose, the mlflow server's URL.
+    mlflow_tracking_uri: str = ""
+    # Promotion: how long the registry waits for every live inference process to load the new
+    # version and answer; inference processes re-read the registry view this often in case a
+    # deploy message was missed.
+    deploy_timeout_s: float = 20.0
+    deploy_recheck_s: float = 3.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -100,6 +108,8 @@ class CoreSettings:
             raise ConfigurationError("VISIBILITY_TIMEOUT_S must be >= 5 and below JOB_DEADLINE_S")
         if self.max_strikes < 1:
             raise ConfigurationError("MAX_STRIKES must be >= 1")
+        if self.deploy_timeout_s <= 0 or self.deploy_recheck_s <= 0:
+            raise ConfigurationError("DEPLOY_TIMEOUT_S and DEPLOY_RECHECK_S must be > 0")
         password = urlsplit(self.redis_url).password
         if password is not None and password.lower() in PLACEHOLDER_SECRETS:
             raise ConfigurationError("REDIS_URL carries a placeholder password; set a real secret")
@@ -107,6 +117,20 @@ class CoreSettings:
     @property
     def log_dir(self) -> Path:
         return self.var_dir / "log"
+
+    @property
+    def tracking_uri(self) -> str:
+        """Where the MLflow registry lives (MLFLOW_TRACKING_URI, else the embedded SQLite store)."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.var_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path | None:
+        """The artifact folder of the embedded store; None when a tracking server decides."""
+        return (
+            None
+            if self.mlflow_tracking_uri.startswith(("http://", "https://"))
+            else self.var_dir / "mlflow" / "artifacts"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,13 +142,21 @@ class GatewaySettings(CoreSettings):
     # Micro-batching: jobs arriving together travel as one chain (see gateway/batcher.py).
     batch_max: int = 32
     batch_wait_ms: float = 5.0
-    batches_in_flight: int = 3
+    # Unfinished batches per gateway process; 0 = auto (live preprocess processes + 1).
+    batches_in_flight: int = 0
     # Overload: answer 429 rather than let latency grow without bound, when the jobs waiting
     # (in this process's batcher plus the stage queues) or the oldest one's age pass a limit.
     max_queue_depth: int = 2000
     max_queue_age_s: float = 10.0
     sweep_interval_s: float = 5.0
     api_keys: tuple[str, ...] = ()
+    # Bearer token of the model write actions (promote, rollback); empty disables them.
+    admin_token: str = ""
+    # Models whose jobs go to their own inference queue, `inference.<name>` (e.g. "fashion"),
+    # so that workers started with `-Q inference.<name>` serve them alone.
+    dedicated_model_queues: tuple[str, ...] = ()
+    # How long a promote or rollback request waits for the registry service's answer.
+    registry_timeout_s: float = 60.0
 
     def validate(self) -> None:
         super().validate()
@@ -132,8 +164,12 @@ class GatewaySettings(CoreSettings):
             raise ConfigurationError("MAX_UPLOAD_MB must be in (0, 1024]")
         if not 1 <= self.batch_max <= 1024:
             raise ConfigurationError("BATCH_MAX must be in [1, 1024]")
-        if self.batch_wait_ms < 0 or self.batches_in_flight < 1:
-            raise ConfigurationError("BATCH_WAIT_MS must be >= 0 and BATCHES_IN_FLIGHT >= 1")
+        if self.batch_wait_ms < 0 or self.batches_in_flight < 0:
+            raise ConfigurationError("BATCH_WAIT_MS and BATCHES_IN_FLIGHT must be >= 0 (0 = auto)")
+        if self.admin_token and (len(self.admin_token) < 12 or self.admin_token.lower() in PLACEHOLDER_SECRETS):
+            raise ConfigurationError("ADMIN_TOKEN must be a real secret of at least 12 characters")
+        if self.registry_timeout_s <= 0:
+            raise ConfigurationError("REGISTRY_TIMEOUT_S must be > 0")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -158,6 +194,8 @@ class InferenceSettings(WorkerSettings):
     torch_threads: int = 1
     # Where a fault-injection test (or an operator) may point one worker at other weights.
     model_path_override: str = ""
+    # Model versions each inference process keeps in memory; the least recently used goes first.
+    max_loaded_models: int = 8
 
     def validate(self) -> None:
         super().validate()
@@ -165,3 +203,21 @@ class InferenceSettings(WorkerSettings):
             raise ConfigurationError("DEVICE must be auto, cpu or cuda")
         if self.torch_threads < 1:
             raise ConfigurationError("TORCH_THREADS must be >= 1")
+        if self.max_loaded_models < 1:
+            raise ConfigurationError("MAX_LOADED_MODELS must be >= 1")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where model versions downloaded from the registry are kept (once per machine)."""
+        return self.var_dir / "model-cache"
+
+
+@dataclass(frozen=True)
+class RegistrySettings(WorkerSettings):
+    """The registry service: keeps the Redis view of the registry, promotes and rolls back."""
+
+    model_dir: Path = REPO_ROOT / "models"
+    # Register the shipped models/<name>/<version> directories when the registry is empty.
+    bootstrap: bool = True
+    # How often the registry re-reads MLflow, so aliases moved elsewhere (the MLflow UI) deploy too.
+    registry_sync_s: float = 10.0

@@ -92,16 +92,28 @@ def run_stage(
         else:
             passed.append((item, out))
     _record(stage, store, passed, failures, terminal)
-    log_event(
-        logger,
-        "batch_done",
-        stage=stage,
-        batch_id=batch["batch_id"],
-        batch_size=len(items),
-        duration_ms=round(duration * 1000, 3),
-        job_ids=[item["job_id"] for item in items],
-        failed=len(failures),
-    )
+    duration_ms = round(duration * 1000, 3)
+    if logger.isEnabledFor(logging.INFO):
+        log_event(
+            logger,
+            "batch_done",
+            stage=stage,
+            batch_id=batch["batch_id"],
+            batch_size=len(items),
+            duration_ms=duration_ms,
+            job_ids=[item["job_id"] for item in items],
+            failed=len(failures),
+        )
+        # One line per job too, so `grep <job_id>` over any service's log tells its story.
+        for item, _ in passed:
+            log_event(
+                logger,
+                "job_stage_done",
+                stage=stage,
+                job_id=item["job_id"],
+                batch_id=batch["batch_id"],
+                duration_ms=duration_ms,
+            )
     if terminal:
         return make_batch(batch["batch_id"], [])
     return make_batch(batch["batch_id"], [out for _, out in passed])

@@ -79,6 +79,17 @@ class StackConfig:
     gateway_workers: int = 1
     flower: bool = True
     env: Mapping[str, str] = field(default_factory=dict)
+    # The registry service (registry_worker) and where MLflow lives (empty: SQLite in var/mlflow).
+    registry: bool = True
+    registry_metrics_port: int = 0
+    mlflow_tracking_uri: str = ""
+    # Models with their own inference workers: model -> processes, each on `-Q inference.<model>`
+    # (jobs of these models are routed there; the shared inference worker no longer sees them).
+    dedicated: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.var_dir / 'mlflow' / 'mlflow.db'}"
 
 
 def redis_spec(var_dir: Path, port: int) -> ServiceSpec:
@@ -90,8 +101,28 @@ def redis_spec(var_dir: Path, port: int) -> ServiceSpec:
     return ServiceSpec("redis", argv)
 
 
+def worker_spec(
+    cfg: StackConfig, name: str, module: str, queue: str, concurrency: int, port: int, extra: Mapping[str, str] = {}
+) -> ServiceSpec:
+    """A Celery worker service as ``make run`` starts it (prefork, one log and metrics dir)."""
+    prom = cfg.var_dir / "prom" / name
+    argv = [PY, "-m", "celery", "-A", f"{module}.worker:app", "worker", "-Q", queue]
+    argv += ["--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "INFO"]
+    argv += ["-n", f"{name}-{os.getpid()}-{port or free_port()}@%h", "--without-gossip", "--without-mingle"]
+    env = {**_base_env(cfg), "METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(prom), **extra}
+    return ServiceSpec(name, argv, env, prom)
+
+
+def _base_env(cfg: StackConfig) -> dict[str, str]:
+    env = {"REDIS_URL": cfg.redis_url, "VAR_DIR": str(cfg.var_dir), "MLFLOW_TRACKING_URI": cfg.tracking_uri}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if cfg.dedicated:
+        env["DEDICATED_MODEL_QUEUES"] = ",".join(cfg.dedicated)
+    return {**env, **cfg.env}
+
+
 def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
-    base = {"REDIS_URL": cfg.redis_url, "VAR_DIR": str(cfg.var_dir), **cfg.env}
+    base = _base_env(cfg)
     prom = cfg.var_dir / "prom"
     specs = [
         ServiceSpec(
@@ -111,11 +142,13 @@ def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
         cfg.metrics_ports,
         strict=True,
     ):
-        argv = [PY, "-m", "celery", "-A", f"{module}.worker:app", "worker", "-Q", stage]
-        argv += ["--concurrency", str(cfg.workers[stage]), "--pool", "prefork", "--loglevel", "INFO"]
-        argv += ["-n", f"{stage}-{os.getpid()}-{port}@%h", "--without-gossip", "--without-mingle"]
-        env = {**base, "METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(prom / stage)}
-        specs.append(ServiceSpec(stage, argv, env, prom / stage))
+        specs.append(worker_spec(cfg, stage, module, stage, cfg.workers[stage], port))
+    for model, concurrency in cfg.dedicated.items():
+        specs.append(worker_spec(cfg, f"inference-{model}", "inference_worker", f"inference.{model}", concurrency, 0))
+    if cfg.registry:
+        spec = worker_spec(cfg, "registry", "registry_worker", "registry", 1, cfg.registry_metrics_port)
+        spec.argv[spec.argv.index("prefork")] = "solo"
+        specs.append(spec)
     if cfg.flower:
         env = {**base, "FLOWER_PORT": str(cfg.flower_port), "FLOWER_UNAUTHENTICATED_API": "true"}
         specs.append(ServiceSpec("flower", [PY, "-m", "digitflow.flower"], env))

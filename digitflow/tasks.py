@@ -6,6 +6,7 @@ Services never import each other; they agree on these strings. The gateway start
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Final
 
 PREPROCESS: Final = "preprocess.run"
@@ -16,4 +17,18 @@ STAGES: Final = ("preprocess", "inference", "postprocess")
 TASK_OF_STAGE: Final = {"preprocess": PREPROCESS, "inference": INFERENCE, "postprocess": POSTPROCESS}
 # Queue names equal stage names: `celery ... worker -Q inference` scales exactly one stage.
 QUEUE_OF_STAGE: Final = {stage: stage for stage in STAGES}
-ROUTES: Final = {task: {"queue": QUEUE_OF_STAGE[stage]} for stage, task in TASK_OF_STAGE.items()}
+# The registry service (registry_worker): the gateway and the CLI reach it by these names.
+REGISTRY_QUEUE: Final = "registry"
+REGISTRY_PROMOTE: Final = "registry.promote"
+REGISTRY_ROLLBACK: Final = "registry.rollback"
+REGISTRY_SYNC: Final = "registry.sync"
+REGISTRY_TASKS: Final = (REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC)
+ROUTES: Final = {
+    **{task: {"queue": QUEUE_OF_STAGE[stage]} for stage, task in TASK_OF_STAGE.items()},
+    **{task: {"queue": REGISTRY_QUEUE} for task in REGISTRY_TASKS},
+}
+
+
+def inference_queue(model: str, dedicated: Iterable[str] = ()) -> str:
+    """The queue of a model's inference: ``inference.<model>`` when it has its own workers."""
+    return f"{QUEUE_OF_STAGE['inference']}.{model}" if model in dedicated else QUEUE_OF_STAGE["inference"]

@@ -50,7 +50,8 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
     @signals.worker_ready.connect(weak=False)
     def _ready(sender: Any = None, **_: Any) -> None:
         name = getattr(sender, "hostname", None) or f"{stage}@{socket.gethostname()}:{os.getpid()}"
-        beat = Heartbeat(connect(settings.redis_url), stage, name, settings.heartbeat_interval_s)
+        processes = int(getattr(getattr(sender, "controller", None), "concurrency", 1) or 1)
+        beat = Heartbeat(connect(settings.redis_url), stage, name, settings.heartbeat_interval_s, processes)
         beat.start()
         state["heartbeat"] = beat
         if settings.metrics_port:

@@ -12,7 +12,14 @@ from digitflow.errors import DigitflowError
 from digitflow.jobs import TERMINAL, NewJob, new_job_id
 from digitflow.messages import Item
 from gateway.services import GatewayServices
-from gateway.uploads import idempotency_key_of, model_of, prefer_wait_of, uploads_of, wait_param_of
+from gateway.uploads import (
+    ModelChoice,
+    idempotency_key_of,
+    model_of,
+    prefer_wait_of,
+    uploads_of,
+    wait_param_of,
+)
 
 bp = Blueprint("jobs", __name__)
 RECHECK_S = 1.0  # waiters re-read the record this often even without a notification
@@ -56,6 +63,15 @@ def wait_for(svc: GatewayServices, job_ids: list[str], timeout_s: float) -> list
             svc.listener.unregister(job_id, event)
 
 
+def _item(job_id: str, model: ModelChoice) -> Item:
+    item: Item = {"job_id": job_id, "model": model.name}
+    if model.profile:
+        item["profile"] = model.profile
+    if model.pin:
+        item["pin"] = model.pin
+    return item
+
+
 def _accepted(job_id: str, status: str) -> dict[str, Any]:
     return {"job_id": job_id, "status": status, "links": {"self": f"/v1/jobs/{job_id}"}}
 
@@ -66,15 +82,13 @@ def submit() -> Response | tuple[Response, int, dict[str, str]]:
     svc = services()
     _check_api_key(svc)
     svc.check_overload()
-    model = model_of(request, svc.settings)
+    model = model_of(request, svc.settings, svc.redis)
     uploads = uploads_of(request, svc.settings)
     key = idempotency_key_of(request)
-    jobs = [NewJob(new_job_id(), model, upload.data) for upload in uploads]
+    jobs = [NewJob(new_job_id(), model.name, upload.data) for upload in uploads]
     keys = [f"{key}:{i}" if len(jobs) > 1 else key for i in range(len(jobs))] if key else None
     ids = svc.store.create(jobs, keys)
-    fresh: list[Item] = [
-        {"job_id": job.job_id, "model": model} for job, id_ in zip(jobs, ids, strict=True) if job.job_id == id_
-    ]
+    fresh: list[Item] = [_item(job.job_id, model) for job, id_ in zip(jobs, ids, strict=True) if job.job_id == id_]
     if fresh:
         svc.dispatch(fresh)
 

@@ -15,13 +15,15 @@ from celery import Celery, chain
 
 from digitflow.celery_app import make_celery
 from digitflow.errors import DeadlineExceededError, DigitflowError, OverloadedError, ServiceUnavailableError
+from digitflow.heartbeat import live_processes
 from digitflow.jobs import JobStore
 from digitflow.messages import Item, make_batch
 from digitflow.observability import BATCH_SIZE, log_event
 from digitflow.queues import QueueStats, queue_stats
 from digitflow.redis_client import connect
+from digitflow.registry_client import RegistryClient
 from digitflow.settings import GatewaySettings
-from digitflow.tasks import INFERENCE, POSTPROCESS, PREPROCESS, QUEUE_OF_STAGE
+from digitflow.tasks import INFERENCE, POSTPROCESS, PREPROCESS, QUEUE_OF_STAGE, inference_queue
 from gateway.batcher import Batcher
 from gateway.completions import CompletionListener
 
@@ -48,24 +50,32 @@ class GatewayServices:
             self._send_chain,
             batch_max=settings.batch_max,
             wait_s=settings.batch_wait_ms / 1000.0,
-            max_in_flight=settings.batches_in_flight,
+            # 0 = auto: sized to the preprocess fleet by the maintenance thread; 3 until it looks.
+            max_in_flight=settings.batches_in_flight or 3,
             on_send_error=self._fail_unsent,
         )
         # Its own connection with no read timeout: it blocks in pub/sub by design.
         self.listener = CompletionListener(connect(settings.redis_url, socket_timeout=None), self.batcher.finished)  # type: ignore[arg-type]
+        self.registry = RegistryClient(self.celery, settings.redis_url, settings.heartbeat_ttl_s)
         self._queues = _QueueCache()
         self._sweeper: threading.Thread | None = None
         self._sweeper_lock = threading.Lock()
+        self._stop = threading.Event()
 
     def _send_chain(self, batch_id: str, items: list[Item]) -> None:
         BATCH_SIZE.labels("gateway").observe(len(items))
-        batch = make_batch(batch_id, items)
+        # A model with its own inference queue (DEDICATED_MODEL_QUEUES) travels in its own chain.
+        by_queue: dict[str, list[Item]] = {}
+        for item in items:
+            by_queue.setdefault(inference_queue(item["model"], self.settings.dedicated_model_queues), []).append(item)
         sig = self.celery.signature
-        chain(
-            sig(PREPROCESS, args=(batch,), queue=QUEUE_OF_STAGE["preprocess"]),
-            sig(INFERENCE, queue=QUEUE_OF_STAGE["inference"]),
-            sig(POSTPROCESS, queue=QUEUE_OF_STAGE["postprocess"]),
-        ).apply_async()
+        for i, (queue, group) in enumerate(sorted(by_queue.items())):
+            batch = make_batch(batch_id if len(by_queue) == 1 else f"{batch_id}.{i}", group)
+            chain(
+                sig(PREPROCESS, args=(batch,), queue=QUEUE_OF_STAGE["preprocess"]),
+                sig(INFERENCE, queue=queue),
+                sig(POSTPROCESS, queue=QUEUE_OF_STAGE["postprocess"]),
+            ).apply_async()
 
     def _fail_unsent(self, items: list[Item], exc: Exception) -> None:
         err: DigitflowError = ServiceUnavailableError(f"the job could not be queued: {type(exc).__name__}")
@@ -80,27 +90,41 @@ class GatewayServices:
         self.listener.ensure_started()
         with self._sweeper_lock:
             if self._sweeper is None:
-                self._sweeper = threading.Thread(target=self._sweep_loop, name="deadline-sweeper", daemon=True)
+                self._sweeper = threading.Thread(target=self._maintenance_loop, name="maintenance", daemon=True)
                 self._sweeper.start()
 
-    def _sweep_loop(self) -> None:
-        """Fail jobs past JOB_DEADLINE_S, so none stays queued forever; one sweeper at a time
-        across all gateway processes (a Redis lock)."""
+    def _maintenance_loop(self) -> None:
+        """Once a second: size the batcher's in-flight cap to the preprocess fleet (when
+        BATCHES_IN_FLIGHT=0, auto) and, every SWEEP_INTERVAL_S, fail jobs past JOB_DEADLINE_S so
+        none stays queued forever (one sweeper at a time across gateway processes: a Redis lock)."""
         interval = self.settings.sweep_interval_s
-        while True:
-            time.sleep(interval)
+        next_sweep = time.monotonic() + interval
+        while not self._stop.wait(1.0):
             try:
-                if self.redis.set(SWEEP_LOCK, "1", nx=True, px=int(interval * 900)):
-                    failed = self.store.fail_overdue(
-                        self.settings.job_deadline_s,
-                        lambda stage: DeadlineExceededError(
-                            f"not finished within {self.settings.job_deadline_s} s (stuck at {stage})"
-                        ),
-                    )
-                    if failed:
-                        log_event(logger, "jobs_deadline_exceeded", logging.WARNING, count=len(failed), job_ids=failed)
+                if self.settings.batches_in_flight == 0:
+                    processes = live_processes(self.redis, self.settings.heartbeat_ttl_s, "preprocess")
+                    self.batcher.set_max_in_flight(max(2, processes + 1))
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + interval
+                    self._sweep(interval)
             except redis.RedisError as exc:
-                logger.warning("deadline sweep skipped: %s", exc, extra={"event": "sweep_skipped"})
+                logger.warning("maintenance skipped: %s", exc, extra={"event": "maintenance_skipped"})
+
+    def _sweep(self, interval: float) -> None:
+        if not self.redis.set(SWEEP_LOCK, "1", nx=True, px=int(interval * 900)):
+            return
+        deadline = self.settings.job_deadline_s
+        failed = self.store.fail_overdue(
+            deadline, lambda stage: DeadlineExceededError(f"not finished within {deadline} s (stuck at {stage})")
+        )
+        if failed:
+            log_event(logger, "jobs_deadline_exceeded", logging.WARNING, count=len(failed), job_ids=failed)
+
+    def close(self) -> None:
+        """Stop this process's background threads (tests build many apps in one process)."""
+        self._stop.set()
+        self.batcher.close()
+        self.listener.stop()
 
     def check_overload(self) -> None:
         """Raise OverloadedError when waiting work or its age passes the configured limits."""
@@ -122,6 +146,7 @@ class GatewayServices:
         cache = self._queues
         with cache.lock:
             if time.monotonic() - cache.at > max_age_s:
-                cache.stats = queue_stats(self.redis)
+                queues = [*QUEUE_OF_STAGE.values(), *(f"inference.{m}" for m in self.settings.dedicated_model_queues)]
+                cache.stats = queue_stats(self.redis, queues)
                 cache.at = time.monotonic()
             return cache.stats

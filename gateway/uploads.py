@@ -7,9 +7,12 @@ unknown models, malformed idempotency keys. Decoding itself happens in the prepr
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from typing import Any, cast
 
+import redis
 from flask import Request
 
 from digitflow.errors import (
@@ -20,9 +23,10 @@ from digitflow.errors import (
     UnsupportedFormatError,
 )
 from digitflow.images import ImageInfo, inspect_image
+from digitflow.model_view import VIEW_KEY, ModelSpec, resolve
 from digitflow.settings import GatewaySettings
+from gateway.multipart import request_parts, text_field
 
-MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
 PREFER_WAIT_RE = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
@@ -33,26 +37,50 @@ class Upload:
     info: ImageInfo
 
 
-def model_of(request: Request, settings: GatewaySettings) -> str:
-    """The requested model (form field or query), validated; ModelNotFoundError if unknown."""
-    name = request.form.get("model") or request.args.get("model") or settings.default_model
-    if not MODEL_RE.match(name):
-        raise InvalidRequestError("model must be a lowercase name like 'digits'", model=name[:80])
-    if name not in settings.models:
-        raise ModelNotFoundError(f"no model named {name!r}", model=name, available=list(settings.models))
-    return name
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a job asked for: its name, a pinned version (``digits@3``) or None for
+    production, and the input profile its preprocessing follows (None: the default)."""
+
+    name: str
+    pin: str | None = None
+    profile: str | None = None
+
+
+def model_of(request: Request, settings: GatewaySettings, client: redis.Redis) -> ModelChoice:
+    """The requested model (form field or query), checked against the registry's view in Redis
+    (``df:models``), or against MODELS while the view is empty. Raises InvalidRequestError for a
+    malformed name and ModelNotFoundError (404) for an unknown model or version."""
+    text = text_field(request_parts(request), "model") or request.args.get("model") or settings.default_model
+    spec = ModelSpec.parse(text)
+    pipe = client.pipeline(transaction=False)
+    pipe.hget(VIEW_KEY, spec.name)
+    pipe.exists(VIEW_KEY)
+    raw, view_exists = pipe.execute()
+    if not view_exists:
+        if spec.name not in settings.models:
+            raise ModelNotFoundError(f"no model named {spec.name!r}", model=spec.name, available=list(settings.models))
+        return ModelChoice(spec.name, spec.pin)
+    if raw is None:
+        names = sorted(k.decode() for k in cast(list[bytes], client.hkeys(VIEW_KEY)))
+        raise ModelNotFoundError(f"no model named {spec.name!r}", model=spec.name, available=names)
+    entry: dict[str, Any] = json.loads(raw)
+    try:
+        _, record = resolve(entry, spec.pin)
+    except ModelNotFoundError as exc:  # an unknown version is an unknown model to a client
+        raise ModelNotFoundError(exc.message, **exc.details) from exc
+    return ModelChoice(spec.name, spec.pin, record.get("input_profile") or None)
 
 
 def uploads_of(request: Request, settings: GatewaySettings) -> list[Upload]:
     """The images of a request: multipart ``image`` parts, or a raw ``image/*`` body."""
     content_type = request.mimetype or ""
     if content_type == "multipart/form-data":
-        parts = request.files.getlist("image")
-        if not parts:
+        blobs = [part.data for part in request_parts(request) if part.name == "image"]
+        if not blobs:
             raise InvalidRequestError("multipart upload has no 'image' field")
-        if len(parts) > settings.max_parts:
-            raise InvalidRequestError(f"at most {settings.max_parts} images per request", parts=len(parts))
-        blobs = [part.read() for part in parts]
+        if len(blobs) > settings.max_parts:
+            raise InvalidRequestError(f"at most {settings.max_parts} images per request", parts=len(blobs))
     elif content_type.startswith("image/"):
         blobs = [request.get_data(cache=False)]
     elif not content_type:

@@ -1,18 +1,21 @@
-"""Train DigitNet on the bundled MNIST subset and write a shipped model directory.
+"""Train DigitNet on a model's data set and write a shipped model directory.
 
 Reads like pytorch/examples ``mnist/main.py``: the model class, ``train`` (one epoch),
-``evaluate``, ``main``. Trains on the 4,000 non-held-out digits of ``data/mnist_5k.npz`` (plus,
-optionally, full MNIST from torchvision-style raw idx files, minus any copy of a held-out digit),
-augmenting every batch on the fly, and evaluates on the 1,000 held-out digits un-augmented.
-Seeded: the same command on the same torch version and thread count gives the same weights.
+``evaluate``, ``main``; :func:`fit` is the part ``digitflow train`` shares. ``digits`` trains on
+the 4,000 non-held-out digits of ``data/mnist_5k.npz`` (plus, optionally, full MNIST from
+torchvision-style raw idx files, minus any copy of a held-out digit), augmenting every batch on
+the fly; ``fashion`` on Fashion-MNIST's 60,000 training images (see ``datasets``). Both are
+evaluated on their held-out split un-augmented. Seeded: the same command on the same torch
+version and thread count gives the same weights.
 
     python -m inference_worker.train --out models/digits/1 --epochs 40 --seed 0
+    python -m inference_worker.train --name fashion --out models/fashion/1 --epochs 2
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from inference_worker.augment import AugmentConfig, augment
+from inference_worker.datasets import Dataset, load_dataset, read_idx
 from inference_worker.model import METADATA_FILE, WEIGHTS_FILE, sha256_file
 from inference_worker.net import DigitNet
 
@@ -40,21 +44,6 @@ log = logging.getLogger("inference_worker.train")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / "data" / "mnist_5k.npz"
 LABELS = [str(d) for d in range(10)]
-
-
-def load_mnist_5k(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (images uint8 Nx28x28, labels uint8 N, heldout_idx) from the bundled npz."""
-    with np.load(path, allow_pickle=False) as data:
-        return data["images"], data["labels"], data["heldout_idx"]
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
 def load_mnist_idx(root: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +56,7 @@ def load_mnist_idx(root: Path) -> tuple[np.ndarray, np.ndarray]:
             images = folder / f"train-images-idx3-ubyte{suffix}"
             labels = folder / f"train-labels-idx1-ubyte{suffix}"
             if images.is_file() and labels.is_file():
-                return _read_idx(images), _read_idx(labels)
+                return read_idx(images), read_idx(labels)
     raise FileNotFoundError(f"no train-images-idx3-ubyte / train-labels-idx1-ubyte under {root}")
 
 
@@ -92,16 +81,20 @@ def train(
     gen: torch.Generator,
     batch_size: int,
     label_smoothing: float,
-    aug: AugmentConfig,
+    aug: AugmentConfig | None,
+    on_batch: Callable[[int, int, float], None] | None = None,
 ) -> float:
-    """Run one epoch over a seeded shuffle, augmenting each batch; return the mean training loss."""
+    """Run one epoch over a seeded shuffle, augmenting each batch (unless ``aug`` is None);
+    return the mean training loss. ``on_batch(done, total, loss)`` reports progress."""
     model.train()
     order = torch.randperm(len(images), generator=gen)
     total, seen = 0.0, 0
+    batches = len(order) // batch_size
     # drop the ragged last batch: BatchNorm statistics from a handful of images are noise.
     for start in range(0, len(order) - batch_size + 1, batch_size):
         idx = order[start : start + batch_size]
-        x = augment(images[idx], gen, aug).contiguous(memory_format=torch.channels_last)
+        x = images[idx] if aug is None else augment(images[idx], gen, aug)
+        x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), labels[idx], label_smoothing=label_smoothing)
         loss.backward()
@@ -109,11 +102,13 @@ def train(
         scheduler.step()
         total += loss.item() * len(idx)
         seen += len(idx)
+        if on_batch is not None:
+            on_batch(seen // batch_size, batches, total / seen)
     return total / max(seen, 1)
 
 
 def evaluate(model: DigitNet, images: Tensor, labels: Tensor, batch_size: int = 500) -> tuple[float, np.ndarray]:
-    """Return (accuracy, 10x10 confusion matrix with rows = true label, columns = predicted)."""
+    """Return (accuracy, KxK confusion matrix with rows = true label, columns = predicted)."""
     model.eval()
     preds = []
     with torch.inference_mode():
@@ -122,7 +117,8 @@ def evaluate(model: DigitNet, images: Tensor, labels: Tensor, batch_size: int = 
             preds.append(model(x).argmax(dim=1))
     pred = torch.cat(preds).numpy()
     true = labels.numpy()
-    confusion = np.zeros((len(LABELS), len(LABELS)), dtype=np.int64)
+    classes = int(getattr(model, "num_classes", len(LABELS)))
+    confusion = np.zeros((classes, classes), dtype=np.int64)
     np.add.at(confusion, (true, pred), 1)
     return float((pred == true).mean()), confusion
 
@@ -169,24 +165,109 @@ def write_model_dir(out: Path, model: DigitNet, meta: dict[str, Any]) -> dict[st
 
 
 def _progress(epoch: int, epochs: int, width: int = 20) -> str:
-    done = round(width * epoch / epochs)
+    done = round(width * epoch / max(epochs, 1))
     return "[" + "#" * done + "." * (width - done) + "]"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 4e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.05
+    seed: int = 0
+    threads: int = 2
+
+
+def fit(
+    ds: Dataset,
+    cfg: TrainConfig,
+    extra: tuple[np.ndarray, np.ndarray] | None = None,
+    on_batch: Callable[[int, int, int, float], None] | None = None,
+) -> tuple[DigitNet, dict[str, Any], np.ndarray]:
+    """Train a DigitNet on ``ds`` (plus ``extra`` training images) for ``cfg.epochs`` (0: the
+    random initial weights, a deliberately bad model) and evaluate it on the held-out split.
+
+    Returns (model in eval mode, metrics, confusion matrix). ``on_batch(epoch, done, total,
+    loss)`` reports progress.
+    """
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    aug = AugmentConfig() if ds.augment else None
+    x_np, y_np = ds.x_train, ds.y_train
+    if extra is not None:
+        x_np, y_np = np.concatenate([x_np, extra[0]]), np.concatenate([y_np, extra[1]])
+    x_train, y_train = to_tensor(x_np), torch.from_numpy(y_np.astype(np.int64))
+    x_held, y_held = to_tensor(ds.x_held), torch.from_numpy(ds.y_held.astype(np.int64))
+
+    model = DigitNet(num_classes=len(ds.labels)).to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * (len(x_train) // cfg.batch_size)
+    log.info("training %s on %d images, holding out %d, %d epochs", ds.name, len(x_train), len(x_held), cfg.epochs)
+    started = time.perf_counter()
+    if steps > 0:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
+        for epoch in range(1, cfg.epochs + 1):
+            report = None if on_batch is None else (lambda d, t, loss, e=epoch: on_batch(e, d, t, loss))
+            loss = train(
+                model, x_train, y_train, optimizer, scheduler, gen, cfg.batch_size, cfg.label_smoothing, aug, report
+            )
+            # Reported only: the shipped model is the last epoch's, never one picked by held-out score.
+            acc, _ = evaluate(model, x_held, y_held)
+            log.info(
+                "epoch %2d/%d %s loss %.4f heldout %.2f%% %.0fs",
+                epoch, cfg.epochs, _progress(epoch, cfg.epochs), loss, 100 * acc, time.perf_counter() - started,
+            )  # fmt: skip
+    train_seconds = time.perf_counter() - started
+    acc, confusion = evaluate(model, x_held, y_held)
+    metrics: dict[str, Any] = {"heldout_accuracy": round(acc, 4)}
+    if aug is not None:
+        # A fixed augmented copy of the held-out images: a rough proxy for photos and drawings.
+        metrics["heldout_augmented_accuracy"] = round(
+            evaluate(model, augment(x_held, torch.Generator().manual_seed(12345), aug), y_held)[0], 4
+        )
+    metrics.update(
+        n_train=len(x_train), n_heldout=len(x_held), dataset=ds.name, dataset_sha256=ds.sha256,
+        code_version=code_version(), git_commit=git_commit(), torch_version=torch.__version__,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads,
+        optimizer=f"AdamW(wd={cfg.weight_decay}) + OneCycleLR(max_lr={cfg.lr})",
+        label_smoothing=cfg.label_smoothing, augment=asdict(aug) if aug else None,
+        train_seconds=round(train_seconds, 1),
+    )  # fmt: skip
+    model.eval()
+    return model, metrics, confusion
+
+
+def model_metadata(
+    name: str, version: str, ds: Dataset, metrics: dict[str, Any], confusion: np.ndarray
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "version": version,
+        "architecture": "DigitNet",
+        "input_profile": ds.profile,
+        "labels": ds.labels,
+        "metrics": {**metrics, "confusion": confusion.tolist()},
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train DigitNet and write a model directory.")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "digits" / "1")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the bundled mnist_5k.npz")
-    p.add_argument("--mnist-root", type=Path, default=None, help="optional dir with MNIST/raw idx files")
-    p.add_argument("--name", default="digits")
+    p.add_argument("--mnist-root", type=Path, default=None, help="digits: optional dir with MNIST/raw idx files")
+    p.add_argument("--name", default="digits", help="the model, which picks its data set: digits or fashion")
     p.add_argument("--version", default=None, help="defaults to the --out directory's name")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=4e-3, help="peak OneCycle learning rate")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--label-smoothing", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    defaults = TrainConfig()
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr, help="peak OneCycle learning rate")
+    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--threads", type=int, default=defaults.threads)
     return p.parse_args(argv)
 
 
@@ -194,78 +275,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate on the held-out split, write the model directory; return its metadata."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    gen = torch.Generator().manual_seed(args.seed)
-    aug = AugmentConfig()
-
-    images, labels, heldout_idx = load_mnist_5k(args.data)
-    train_mask = np.ones(len(labels), dtype=bool)
-    train_mask[heldout_idx] = False
-    train_images, train_labels = images[train_mask], labels[train_mask]
+    ds = load_dataset(args.name)
     extra = None
-    if args.mnist_root is not None:
-        mnist_images, mnist_labels = drop_overlap(*load_mnist_idx(args.mnist_root), exclude=images[heldout_idx])
-        train_images = np.concatenate([train_images, mnist_images])
-        train_labels = np.concatenate([train_labels, mnist_labels])
-        extra = {"name": "mnist-train-idx", "n": len(mnist_labels)}
-        log.info("added %d MNIST training digits from %s", len(mnist_labels), args.mnist_root)
-
-    x_train, y_train = to_tensor(train_images), torch.from_numpy(train_labels.astype(np.int64))
-    x_held, y_held = to_tensor(images[heldout_idx]), torch.from_numpy(labels[heldout_idx].astype(np.int64))
-
-    model = DigitNet(num_classes=len(LABELS)).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    steps = args.epochs * (len(x_train) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps)
-    log.info("training on %d digits, holding out %d, %d epochs", len(x_train), len(x_held), args.epochs)
-
-    started = time.perf_counter()
-    for epoch in range(1, args.epochs + 1):
-        loss = train(model, x_train, y_train, optimizer, scheduler, gen, args.batch_size, args.label_smoothing, aug)
-        # Reported only: the shipped model is the last epoch's, never one picked by held-out score.
-        acc, _ = evaluate(model, x_held, y_held)
-        log.info(
-            "epoch %2d/%d %s loss %.4f heldout %.2f%% %.0fs",
-            epoch, args.epochs, _progress(epoch, args.epochs), loss, 100 * acc, time.perf_counter() - started,
-        )  # fmt: skip
-    train_seconds = time.perf_counter() - started
-
-    acc, confusion = evaluate(model, x_held, y_held)
-    # A fixed augmented copy of the held-out digits: a rough proxy for photos and canvas drawings.
-    aug_acc, _ = evaluate(model, augment(x_held, torch.Generator().manual_seed(12345), aug), y_held)
-    meta = {
-        "name": args.name,
-        "version": args.version or args.out.name,
-        "architecture": "DigitNet",
-        "input_profile": "digits-mnist",
-        "labels": LABELS,
-        "metrics": {
-            "heldout_accuracy": round(acc, 4),
-            "heldout_augmented_accuracy": round(aug_acc, 4),
-            "photo_accuracy": None,
-            "n_train": len(x_train),
-            "n_heldout": len(x_held),
-            "dataset": args.data.name,
-            "dataset_sha256": sha256_file(args.data),
-            "extra_dataset": extra,
-            "confusion": confusion.tolist(),
-            "code_version": code_version(),
-            "git_commit": git_commit(),
-            "torch_version": torch.__version__,
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "optimizer": f"AdamW(wd={args.weight_decay}) + OneCycleLR(max_lr={args.lr})",
-            "label_smoothing": args.label_smoothing,
-            "augment": asdict(aug),
-            "seed": args.seed,
-            "threads": args.threads,
-            "train_seconds": round(train_seconds, 1),
-        },
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    meta = write_model_dir(args.out, model, meta)
-    log.info("held-out accuracy %.2f%% (augmented %.2f%%) in %.0fs", 100 * acc, 100 * aug_acc, train_seconds)
+    if args.mnist_root is not None and args.name == "digits":
+        extra = drop_overlap(*load_mnist_idx(args.mnist_root), exclude=ds.x_held)
+        log.info("adding %d MNIST training digits from %s", len(extra[1]), args.mnist_root)
+    cfg = TrainConfig(
+        args.epochs, args.batch_size, args.lr, args.weight_decay, args.label_smoothing, args.seed, args.threads
+    )
+    model, metrics, confusion = fit(ds, cfg, extra)
+    meta = write_model_dir(
+        args.out, model, model_metadata(args.name, args.version or args.out.name, ds, metrics, confusion)
+    )
+    log.info("held-out accuracy %.2f%% in %.0fs", 100 * metrics["heldout_accuracy"], metrics["train_seconds"])
     log.info("wrote %s (weights sha256 %s)", args.out, meta["weights_sha256"])
     return meta
 

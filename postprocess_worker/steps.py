@@ -38,4 +38,12 @@ def summarize(logits: Sequence[float], outlier_threshold: float = DEFAULT_OUTLIE
 def postprocess_items(
     items: Sequence[Item], outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD
 ) -> list[dict[str, Any]]:
-    return [summarize(item["logits"], outlier_threshold) for item in items]
+    """Summaries of a batch; with the model's class labels (sent by inference) each names its class."""
+    out = []
+    for item in items:
+        result = summarize(item["logits"], outlier_threshold)
+        labels = item.get("labels")
+        if isinstance(labels, list) and len(labels) == len(item["logits"]):
+            result["class"] = str(labels[result["label"]])
+        out.append(result)
+    return out

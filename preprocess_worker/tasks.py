@@ -6,7 +6,7 @@ import os
 
 from celery import Celery, Task
 
-from digitflow.errors import DigitflowError, InvalidImageError
+from digitflow.errors import DigitflowError, InvalidImageError, UnsupportedProfileError
 from digitflow.jobs import JobStore
 from digitflow.messages import Batch, Item
 from digitflow.settings import WorkerSettings
@@ -14,6 +14,11 @@ from digitflow.stage import run_stage
 from digitflow.tasks import PREPROCESS
 from digitflow.worker_runtime import ProcessResources, forward
 from preprocess_worker.steps import preprocess
+from preprocess_worker.steps_fashion import preprocess_fashion
+
+# Each model's input profile (from the registry, carried in the job's item) picks its steps.
+PROFILES = {"digits-mnist": preprocess, "fashion-mnist": preprocess_fashion}
+DEFAULT_PROFILE = "digits-mnist"
 
 
 class ImageMissingError(InvalidImageError):
@@ -34,10 +39,19 @@ def preprocess_items(
             continue
         if crash_marker and crash_marker in data:
             os.abort()  # fault injection (FAULT_CRASH_MARKER): behave like a crashing decoder
+        profile = item.get("profile") or DEFAULT_PROFILE
+        steps = PROFILES.get(profile)
+        if steps is None:
+            out.append(UnsupportedProfileError(f"no preprocessing for input profile {profile!r}", profile=profile[:64]))
+            continue
         try:
-            out.append({"job_id": item["job_id"], "model": item["model"], "pixels": preprocess(data, max_pixels)})
+            result: Item = {"job_id": item["job_id"], "model": item["model"], "pixels": steps(data, max_pixels)}
         except DigitflowError as exc:
             out.append(exc)
+            continue
+        if item.get("pin"):
+            result["pin"] = item["pin"]
+        out.append(result)
     return out
 
 

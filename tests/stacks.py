@@ -8,14 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port
+from digitflow.supervisor import ServiceSpec, StackConfig, Supervisor, build_specs, free_port
 
 
 @dataclass
@@ -78,8 +78,14 @@ class Stack:
 
 
 def start_stack(
-    redis_url: str, var_dir: Path, env: Mapping[str, str] | None = None, workers: Mapping[str, int] | None = None
+    redis_url: str,
+    var_dir: Path,
+    env: Mapping[str, str] | None = None,
+    workers: Mapping[str, int] | None = None,
+    extra_specs: Callable[[StackConfig], list[ServiceSpec]] | None = None,
 ) -> Stack:
+    """Start the stack ``make run`` starts (gateway, workers, registry service), plus any
+    ``extra_specs(config)`` (e.g. an inference worker on a model's own queue)."""
     config = StackConfig(
         var_dir=var_dir,
         redis_url=redis_url,
@@ -89,7 +95,8 @@ def start_stack(
         flower=False,
         env={"HEARTBEAT_INTERVAL_S": "0.5", "HEARTBEAT_TTL_S": "3", **(env or {})},
     )
-    supervisor = Supervisor(build_specs(config), var_dir / "log")
+    specs = build_specs(config) + (extra_specs(config) if extra_specs else [])
+    supervisor = Supervisor(specs, var_dir / "log")
     supervisor.start_all()
     stack = Stack(supervisor, f"http://127.0.0.1:{config.gateway_port}", config)
     try:

@@ -60,8 +60,7 @@ def app(settings: GatewaySettings) -> Iterator[Flask]:
     app = create_app(settings)
     yield app
     services = app.extensions["digitflow"]
-    services.batcher.close()
-    services.listener.stop()
+    services.close()
 
 
 @pytest.fixture

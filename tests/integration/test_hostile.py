@@ -26,8 +26,7 @@ from tests.stacks import Stack, start_stack
 def fuzz_app(redis_url: str) -> Iterator[Flask]:
     app = create_app(GatewaySettings(redis_url=redis_url, max_upload_mb=1.0, max_wait_s=0.2))
     yield app
-    app.extensions["digitflow"].batcher.close()
-    app.extensions["digitflow"].listener.stop()
+    app.extensions["digitflow"].close()
 
 
 def test_api_fuzzed_from_its_openapi_description(fuzz_app: Flask) -> None:

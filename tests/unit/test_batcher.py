@@ -42,34 +42,59 @@ def test_lone_job_leaves_at_once_when_idle() -> None:
     batcher.close()
 
 
-def test_backlog_forms_batches_when_slots_are_full() -> None:
+def test_backlog_waits_for_a_slot_and_leaves_as_one_batch() -> None:
     rec = Recorder()
-    batcher = Batcher(rec, batch_max=4, wait_s=10.0, max_in_flight=1)
+    batcher = Batcher(rec, batch_max=4, wait_s=0.01, max_in_flight=1)
     batcher.submit(items("a"))
     wait_for(lambda: len(rec.batches) == 1)
-    batcher.submit(items("b", "c"))
-    time.sleep(0.05)
-    assert len(rec.batches) == 1, "slot is full and the batch is not full: must wait"
-    batcher.submit(items("d", "e", "f"))
-    wait_for(lambda: len(rec.batches) == 2)
-    assert rec.batches[1] == ["b", "c", "d", "e"], "a full batch leaves even without a free slot"
+    batcher.submit(items("b", "c", "d", "e", "f"))
+    time.sleep(0.1)
+    assert len(rec.batches) == 1, "the only slot is taken: even a full batch waits (the backlog stays here)"
+    assert batcher.pending == 5 and batcher.oldest_wait_s >= 0.09
     batcher.finished(["a"])
-    time.sleep(0.05)
-    assert len(rec.batches) == 2, "the b-e batch still holds the only slot"
+    wait_for(lambda: len(rec.batches) == 2)
+    assert rec.batches[1] == ["b", "c", "d", "e"], "the oldest jobs leave first, up to batch_max"
     batcher.finished(["b", "c", "d", "e"])
     wait_for(lambda: len(rec.batches) == 3)
     assert rec.batches[2] == ["f"]
     batcher.close()
 
 
-def test_wait_bound_flushes_a_partial_batch() -> None:
+def test_busy_with_room_waits_for_company_up_to_the_wait_bound() -> None:
     rec = Recorder()
-    batcher = Batcher(rec, batch_max=100, wait_s=0.05, max_in_flight=1)
+    batcher = Batcher(rec, batch_max=100, wait_s=0.2, max_in_flight=3)
     batcher.submit(items("a"))
     wait_for(lambda: len(rec.batches) == 1)
+    start = time.monotonic()
     batcher.submit(items("b"))
+    time.sleep(0.05)
+    batcher.submit(items("c"))
+    wait_for(lambda: len(rec.batches) == 2, timeout=2.0)
+    assert rec.batches[1] == ["b", "c"]
+    assert 0.15 < time.monotonic() - start < 1.0
+    batcher.close()
+
+
+def test_busy_with_room_sends_a_full_batch_at_once() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec, batch_max=3, wait_s=10.0, max_in_flight=3)
+    batcher.submit(items("a"))
+    wait_for(lambda: len(rec.batches) == 1)
+    batcher.submit(items("b", "c", "d"))
     wait_for(lambda: len(rec.batches) == 2, timeout=1.0)
-    assert rec.batches[1] == ["b"]
+    assert rec.batches[1] == ["b", "c", "d"]
+    batcher.close()
+
+
+def test_raising_the_cap_releases_waiting_jobs() -> None:
+    rec = Recorder()
+    batcher = Batcher(rec, batch_max=1, wait_s=0.0, max_in_flight=1)
+    batcher.submit(items("a", "b"))
+    wait_for(lambda: len(rec.batches) == 1)
+    time.sleep(0.05)
+    assert len(rec.batches) == 1
+    batcher.set_max_in_flight(2)
+    wait_for(lambda: len(rec.batches) == 2)
     batcher.close()
 
 

@@ -33,7 +33,7 @@ def dockerfile_stages() -> dict[str, str]:
 
 def test_every_service_is_there_with_a_health_check_and_restart_policy(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "gateway", *WORKERS, "flower"}
+    assert set(services) == {"redis", "gateway", *WORKERS, "registry_worker", "mlflow", "flower"}
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no health check"
         assert service.get("restart") == "unless-stopped", name
@@ -88,3 +88,35 @@ def test_docker_compose_validates_the_file() -> None:
         [exe, "-f", str(ROOT / "compose.yaml"), "config", "-q"], env=bare, capture_output=True, text=True
     )
     assert refused.returncode != 0 and "REDIS_PASSWORD" in refused.stderr
+
+
+def test_registry_service_matches_its_entry_point_and_reaches_mlflow(compose: dict[str, Any]) -> None:
+    service = compose["services"]["registry_worker"]
+    command = service["command"]
+    assert command[command.index("-A") + 1] == "registry_worker.worker:app"
+    assert command[command.index("-Q") + 1] == "registry" and command[command.index("--pool") + 1] == "solo"
+    assert re.search(r"^app = create_worker_app\(", (ROOT / "registry_worker" / "worker.py").read_text(), re.MULTILINE)
+    local = {s.name: s for s in build_specs(StackConfig(flower=False))}["registry"]
+    assert local.argv[local.argv.index("-A") + 1] == "registry_worker.worker:app"
+    assert local.argv[local.argv.index("-Q") + 1] == "registry" and "solo" in local.argv
+    assert service["build"]["target"] == "registry"
+    # Whatever needs MLflow is told where it is; what must not import it is not.
+    for name in ("registry_worker", "inference_worker"):
+        assert compose["services"][name]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", name
+        assert "mlflow" in compose["services"][name]["depends_on"], name
+    for name in ("gateway", "preprocess_worker", "postprocess_worker"):
+        assert "MLFLOW_TRACKING_URI" not in compose["services"][name]["environment"], name
+    for name in ("registry", "inference"):
+        assert local.env["MLFLOW_TRACKING_URI"].startswith("sqlite:///"), name
+
+
+def test_mlflow_server_keeps_its_store_and_artifacts_in_a_volume(compose: dict[str, Any]) -> None:
+    service = compose["services"]["mlflow"]
+    command = service["command"]
+    assert command[:2] == ["mlflow", "server"]
+    assert command[command.index("--backend-store-uri") + 1].startswith("sqlite:////mlflow/")
+    assert command[command.index("--artifacts-destination") + 1].startswith("/mlflow/")
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert any(v.endswith(":/mlflow") for v in service["volumes"]) and "mlflow-data" in compose["volumes"]
+    stages = dockerfile_stages()
+    assert "mlflow==" in stages["mlflow"] and "[registry]" in stages["registry"]

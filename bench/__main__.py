@@ -1,0 +1,214 @@
+"""``python -m bench`` (``make bench``): digitflow against the alternatives, on this machine.
+
+    python -m bench [--scenarios inprocess,monolith,chain-per-job,digitflow] [--inflight 1,16,64]
+                    [--duration S] [--warmup S] [--quick] [--out bench/results/latest.json]
+
+Scenarios, all with the same model, preprocessing code and input images (see bench.images):
+``inprocess`` (no queue, no HTTP: the physical limit), ``monolith`` (one Flask app under gunicorn
+doing every stage in the request), ``chain-per-job`` (digitflow with BATCH_MAX=1) and
+``digitflow`` (its defaults). Each HTTP scenario is measured at every in-flight level, polling
+and with ``Prefer: wait`` (the monolith answers in one round trip, so it is measured once), plus
+one batch case. Prints a table and ratios and writes the JSON report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.images import make_images, write_images
+from bench.procstats import ProcStats
+from bench.report import memory_of, ratios, render, row_of, targets, write_json
+from bench.runner import BenchConfig, DriverError, Measurement, run_http, run_inprocess
+from bench.stacks import Stack, digitflow_stack, monolith_stack
+from digitflow.settings import REPO_ROOT
+
+SCENARIOS = ("inprocess", "monolith", "chain-per-job", "digitflow")
+
+
+@contextmanager
+def _watched(stack: Stack, stats: ProcStats) -> Iterator[Stack]:
+    """Account the stack's services while the block runs."""
+    for name, pid in stack.services.items():
+        stats.watch(name, pid)
+    try:
+        yield stack
+    finally:
+        for name in stack.services:
+            stats.forget(name)
+
+
+def _check_alive(stack: Stack, scenario: str) -> None:
+    """Raise RuntimeError naming any service that died, with the tail of its log."""
+    for name in stack.dead():
+        tail = (stack.log_dir / f"{name}.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"{scenario}: service {name} died during the run; {stack.log_dir}/{name}.log ends:\n{tail}")
+
+
+def run_scenario(name: str, cfg: BenchConfig, stats: ProcStats) -> list[Measurement]:
+    if name == "inprocess":
+        return run_inprocess(cfg, stats)
+    if name == "monolith":
+        with monolith_stack(cfg.var_dir / name, cfg.procs, cfg.monolith_threads) as stack, _watched(stack, stats):
+            out = run_http(name, cfg, stack.url, stats, ("prefer",))
+            _check_alive(stack, name)
+        for m in out:  # one round trip either way: the same row serves poll and prefer
+            m.result["mode"] = "both" if m.result["mode"] == "prefer" else m.result["mode"]
+        return out
+    env = {"TASK_EVENTS": "false", "LOG_LEVEL": cfg.log_level, **dict(cfg.digitflow_env)}
+    if name == "chain-per-job":
+        env["BATCH_MAX"] = "1"
+    with digitflow_stack(cfg.var_dir / name, env) as stack, _watched(stack, stats):
+        out = run_http(name, cfg, stack.url, stats, ("poll", "prefer"), stack.batch_counters)
+        _check_alive(stack, name)
+    return out
+
+
+def _busy_share(stats: ProcStats, seconds: float = 1.0) -> float:
+    """The share of the machine's CPU that other processes use while the benchmark is idle."""
+    before = stats.cpu_snapshot()
+    time.sleep(seconds)
+    other = ProcStats.cpu_delta(before, stats.cpu_snapshot())["other"]
+    return other / (seconds * (os.cpu_count() or 1))
+
+
+def _progress(m: Measurement) -> None:
+    row = row_of(m)
+    lat = row["latency_ms"]
+    print(f"  {row['scenario']:<14}{row['mode']:>7} @{row['inflight']!s:<6} {row['jobs_per_s']:8.1f} jobs/s  "
+          f"p50 {lat['p50']} p99 {lat['p99']} ms  failed {row['failed']}", file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _meta(cfg: BenchConfig, scenarios: list[str]) -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    models = sorted((REPO_ROOT / "models" / "digits").glob("*/model.json"), key=lambda p: int(p.parent.name))
+    model = json.loads(models[-1].read_text()) if models else {}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
+    return {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+        "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
+        "model": {k: model.get(k) for k in ("name", "version", "weights_sha256")},
+        "scenarios": scenarios, "config": config,
+        "load_generator": "one process, one thread per job in flight, one keep-alive http.client connection each",
+    }  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated, from: " + ", ".join(SCENARIOS)
+    )
+    parser.add_argument("--inflight", default="1,16,64", help="jobs in flight, comma-separated")
+    parser.add_argument(
+        "--duration", type=float, default=None, help="seconds measured per case (default 8; 1.5 with --quick)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="seconds of warm-up per case (default 2; 0.5 with --quick)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (about 2 minutes)")
+    parser.add_argument("--images", type=int, default=200, help="distinct input images")
+    parser.add_argument("--batch-inflight", type=int, default=4, help="batch case: requests of 50 images in flight")
+    parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the digitflow services")
+    parser.add_argument(
+        "--digitflow-env", action="append", default=[], metavar="KEY=VALUE", help="extra env for digitflow (repeatable)"
+    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, images) afterwards")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        build_parser().error(f"unknown scenarios: {', '.join(unknown)}")
+    if any("=" not in kv for kv in args.digitflow_env):
+        build_parser().error("--digitflow-env takes KEY=VALUE")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM unwinds like Ctrl-C: stacks stop
+    var_dir = Path(tempfile.mkdtemp(prefix="digitflow-bench-"))
+    cfg = BenchConfig(
+        images_dir=var_dir / "images",
+        var_dir=var_dir,
+        inflight=tuple(int(n) for n in args.inflight.split(",")),
+        warmup_s=args.warmup if args.warmup is not None else (0.5 if args.quick else 2.0),
+        duration_s=args.duration if args.duration is not None else (1.5 if args.quick else 8.0),
+        batch_total=200 if args.quick else 1000,
+        batch_inflight=args.batch_inflight,
+        log_level=args.log_level,
+        digitflow_env=tuple((k, v) for k, _, v in (kv.partition("=") for kv in args.digitflow_env)),
+    )
+    print(f"bench: {', '.join(scenarios)}; run directory {var_dir}", file=sys.stderr, flush=True)
+    write_images(make_images(args.images), cfg.images_dir)
+    stats = ProcStats()
+    stats.watch("harness", os.getpid(), recursive=False)  # this process: sampling, snapshots
+    busy = _busy_share(stats)
+    if busy > 0.1:
+        print(
+            f"bench: warning: {busy:.0%} of the CPU is busy before starting: results will be disturbed", file=sys.stderr
+        )
+    stats.start()
+    measurements: list[Measurement] = []
+    memory: dict[str, Any] = {}
+    errors: list[str] = []
+    try:
+        for scenario in scenarios:
+            print(f"[{scenario}]", file=sys.stderr, flush=True)
+            began = time.monotonic()
+            try:
+                for m in run_scenario(scenario, cfg, stats):
+                    _progress(m)
+                    measurements.append(m)
+            except (DriverError, RuntimeError, OSError) as exc:
+                errors.append(f"{scenario}: {exc}")
+                print(f"  failed: {exc}", file=sys.stderr, flush=True)
+            memory[scenario] = memory_of(stats.reset_peaks())
+            print(f"  ({time.monotonic() - began:.0f} s)", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        errors.append("interrupted")
+    finally:
+        stats.stop()
+    rows = [row_of(m) for m in measurements]
+    for r in rows:  # a benchmark that quietly measured failures would be worthless: say so, exit 1
+        if r["failed"]:
+            errors.append(f"{r['scenario']} {r['mode']} @{r['inflight']}: {r['failed']} jobs failed: {r['failures']}")
+    ratio_rows = ratios(rows, cfg.inflight, f"{cfg.batch_inflight}x{cfg.batch_parts}")
+    meta = {**_meta(cfg, scenarios), "other_cpu_share_before_start": round(busy, 3)}
+    report = {"meta": meta, "rows": rows, "memory": memory, "ratios": ratio_rows}
+    report["targets"] = targets(rows, ratio_rows, memory)
+    report["errors"] = errors
+    write_json(report, args.out)
+    print(render(report))
+    print(f"\nJSON report: {args.out}")
+    if errors or args.keep:
+        print(f"run directory kept (logs under log/): {var_dir}", file=sys.stderr)
+    else:
+        shutil.rmtree(var_dir, ignore_errors=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

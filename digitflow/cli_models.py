@@ -1,0 +1,223 @@
+"""``digitflow models ...`` and ``digitflow train``: the model lifecycle from the command line.
+
+digitflow models list | show NAME            what the registry holds (Redis view, else MLflow)
+digitflow models promote NAME VERSION        move production; waits until every inference
+                                             process serves it, or reports why it could not
+digitflow models rollback NAME               back to the previous production version
+digitflow models bootstrap | sync            register the shipped models / rewrite the view
+digitflow train NAME [--epochs N] [--promote-if-better]
+
+Promotion and rollback go to the registry service by task name when one is running (as the
+gateway does), and run in this process otherwise (same code, MLflow imported here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from digitflow.errors import DigitflowError
+from digitflow.model_view import production_of, public_entry, read_view
+from digitflow.redis_client import connect
+from digitflow.settings import REPO_ROOT, CoreSettings
+from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC
+
+EPOCHS = {"digits": 40, "fashion": 2}
+BATCH_SIZE = {"fashion": 128}
+
+
+def _settings() -> CoreSettings:
+    return CoreSettings.from_env()
+
+
+def _deployer(settings: CoreSettings) -> Any:
+    from digitflow.deploy import Deployer
+    from digitflow.model_store import RegistryStore
+
+    store = RegistryStore(settings.tracking_uri, settings.artifact_root)
+    return Deployer(store, connect(settings.redis_url), settings.deploy_timeout_s, settings.heartbeat_ttl_s)
+
+
+def registry_action(
+    settings: CoreSettings, task: str, payload: dict[str, Any], direct: Callable[[Any], dict[str, Any]]
+) -> dict[str, Any]:
+    """Run a registry action in the registry service if one is alive, else here. Raises its errors."""
+    from digitflow.celery_app import make_celery
+    from digitflow.registry_client import RegistryClient
+
+    client = RegistryClient(make_celery("cli", settings), settings.redis_url, settings.heartbeat_ttl_s)
+    try:
+        alive = client.alive()
+    except redis.RedisError:
+        alive = False
+    if alive:
+        return client.call(task, payload, timeout_s=settings.deploy_timeout_s * 2 + 30)
+    return dict(direct(_deployer(settings)))
+
+
+def _view(settings: CoreSettings) -> dict[str, dict[str, Any]]:
+    try:
+        view = read_view(connect(settings.redis_url, socket_timeout=2.0))
+    except redis.RedisError:
+        view = {}
+    if view:
+        return view
+    try:
+        from digitflow.model_store import RegistryStore  # no view (registry service never ran): ask MLflow
+
+        return {e["name"]: e for e in RegistryStore(settings.tracking_uri, settings.artifact_root).entries()}
+    except ImportError:
+        print("digitflow: no registry view in Redis, and mlflow is not installed here", file=sys.stderr)
+        return {}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    view = _view(_settings())
+    if args.json:
+        print(json.dumps([public_entry(e) for e in view.values()], indent=2))
+        return 0
+    print(f"{'model':<16}{'production':>11}{'versions':>10}  {'profile':<15}{'held-out accuracy':>18}")
+    for name, entry in view.items():
+        prod = production_of(entry)
+        record = entry.get("versions", {}).get(prod, {}) if prod else {}
+        acc = record.get("metrics", {}).get("heldout_accuracy")
+        acc_text = f"{acc:.2%}" if isinstance(acc, float) else "-"
+        profile = record.get("input_profile") or "-"
+        print(f"{name:<16}{prod or '-':>11}{len(entry.get('versions', {})):>10}  {profile:<15}{acc_text:>18}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    entry = _view(_settings()).get(args.name)
+    if entry is None:
+        print(f"digitflow: no model named {args.name!r}", file=sys.stderr)
+        return 2
+    print(json.dumps(public_entry(entry), indent=2))
+    return 0
+
+
+def _report(what: str, action: Callable[[], dict[str, Any]]) -> int:
+    try:
+        result = action()
+    except DigitflowError as exc:
+        print(f"{what} FAILED: {exc.code}: {exc.message}", file=sys.stderr)
+        if exc.details:
+            print(json.dumps(exc.details, indent=2, default=str), file=sys.stderr)
+        return 1
+    except redis.RedisError as exc:
+        print(f"{what} FAILED: Redis is unreachable ({exc})", file=sys.stderr)
+        return 3
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    settings = _settings()
+    payload = {"name": args.name, "version": str(args.version), "alias": args.alias}
+    return _report(
+        f"promote {args.name} {args.version}",
+        lambda: registry_action(
+            settings, REGISTRY_PROMOTE, payload, lambda d: d.promote(args.name, str(args.version), args.alias)
+        ),
+    )
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    settings = _settings()
+    return _report(
+        f"rollback {args.name}",
+        lambda: registry_action(settings, REGISTRY_ROLLBACK, {"name": args.name}, lambda d: d.rollback(args.name)),
+    )
+
+
+def bootstrap(settings: CoreSettings) -> list[str]:
+    """Register the shipped models if the registry does not know them (what ``make run`` does first)."""
+    from digitflow.model_store import RegistryStore
+
+    return RegistryStore(settings.tracking_uri, settings.artifact_root).bootstrap(REPO_ROOT / "models")
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    settings = _settings()
+    done = bootstrap(settings)
+    print(f"registered: {', '.join(done)}" if done else "the registry already knows every shipped model")
+    return cmd_sync(args)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    settings = _settings()
+
+    def direct(d: Any) -> dict[str, Any]:
+        return {"models": [e["name"] for e in d.sync()]}
+
+    try:
+        return _report("sync", lambda: registry_action(settings, REGISTRY_SYNC, {}, direct))
+    except redis.RedisError as exc:
+        print(f"the Redis view was not written (Redis unreachable: {exc})", file=sys.stderr)
+        return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from inference_worker.lifecycle import train_and_register
+    from inference_worker.train import TrainConfig
+
+    settings = _settings()
+    cfg = TrainConfig(
+        epochs=EPOCHS.get(args.name, 10) if args.epochs is None else args.epochs,
+        batch_size=args.batch_size or BATCH_SIZE.get(args.name, 64),
+        seed=args.seed,
+        threads=args.threads,
+    )
+
+    def promote(name: str, version: str) -> dict[str, Any]:
+        payload = {"name": name, "version": version, "alias": "production"}
+        return registry_action(settings, REGISTRY_PROMOTE, payload, lambda d: d.promote(name, version))
+
+    def registered(name: str) -> None:
+        try:  # the new version shows in the view (and can be pinned) at once
+            registry_action(settings, REGISTRY_SYNC, {"names": [name]}, lambda d: {"models": d.sync([name])})
+        except redis.RedisError as exc:
+            print(f"note: the Redis view was not refreshed ({exc})", file=sys.stderr)
+
+    return _report(
+        f"train {args.name}",
+        lambda: train_and_register(
+            args.name, settings, cfg, args.promote_if_better, promote, progress=not args.quiet, registered=registered
+        ),
+    )
+
+
+def add_model_commands(sub: Any) -> None:
+    """Add ``models`` and ``train`` to the ``digitflow`` parser's subcommands."""
+    models = sub.add_parser("models", help="list, show, promote, roll back registered models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+    listing = msub.add_parser("list", help="every model with its production version")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_list)
+    show = msub.add_parser("show", help="one model: aliases, history, versions and metrics")
+    show.add_argument("name")
+    show.set_defaults(func=cmd_show)
+    promote = msub.add_parser("promote", help="make VERSION production on every inference worker")
+    promote.add_argument("name")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--alias", default="production", choices=["production", "candidate"])
+    promote.set_defaults(func=cmd_promote)
+    rollback = msub.add_parser("rollback", help="production back to the previous version")
+    rollback.add_argument("name")
+    rollback.set_defaults(func=cmd_rollback)
+    msub.add_parser("bootstrap", help="register the shipped models (first start)").set_defaults(func=cmd_bootstrap)
+    msub.add_parser("sync", help="rewrite the Redis view from the registry").set_defaults(func=cmd_sync)
+    train = sub.add_parser("train", help="train a model, register it (and promote it if better)")
+    train.add_argument("name", choices=["digits", "fashion"])
+    train.add_argument("--epochs", type=int, default=None, help="default: digits 40, fashion 2")
+    train.add_argument("--promote-if-better", action="store_true")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=2)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)

@@ -1,0 +1,108 @@
+"""The data sets a model can be trained on: images, labels, input profile and a fixed held-out split.
+
+``digits``: the 5,000 real MNIST digits shipped in ``data/mnist_5k.npz`` (its fixed, stratified
+1,000 held-out digits are never trained on), augmented as photos and canvas drawings look.
+``fashion``: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (60,000 training
+images; the 10,000 test images are the held-out split), not augmented. Each data set names the
+input profile its images follow, so preprocessing at serving time matches training.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MNIST_5K = REPO_ROOT / "data" / "mnist_5k.npz"
+FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+DIGIT_LABELS = [str(d) for d in range(10)]
+FASHION_LABELS = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """uint8 (N, 28, 28) images, light object on dark, and int labels; train and held-out."""
+
+    name: str
+    profile: str
+    labels: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_held: np.ndarray
+    y_held: np.ndarray
+    sha256: str
+    augment: bool
+
+
+class DatasetUnavailableError(RuntimeError):
+    """The data set's files are not on this machine (say which package or file provides them)."""
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (MNIST's format), plain or gzipped, as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        raw = fh.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def sha256_files(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_mnist_5k(path: Path = MNIST_5K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (images uint8 Nx28x28, labels uint8 N, heldout_idx) from the bundled npz."""
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"], data["heldout_idx"]
+
+
+def digits(path: Path = MNIST_5K) -> Dataset:
+    images, labels, heldout = load_mnist_5k(path)
+    train = np.ones(len(labels), dtype=bool)
+    train[heldout] = False
+    return Dataset(
+        "mnist_5k.npz", "digits-mnist", DIGIT_LABELS, images[train], labels[train].astype(np.int64),
+        images[heldout], labels[heldout].astype(np.int64), sha256_files([path]), augment=True,
+    )  # fmt: skip
+
+
+def fashion(root: Path = FASHION_DIR) -> Dataset:
+    """Fashion-MNIST; DatasetUnavailableError when ``dataset-fashion-mnist`` is not installed."""
+    files = [
+        root / f"{split}-{kind}-idx{n}-ubyte.gz"
+        for split in ("train", "t10k")
+        for kind, n in (("images", 3), ("labels", 1))
+    ]
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise DatasetUnavailableError(
+            f"Fashion-MNIST not found ({missing[0]}): apt-get install dataset-fashion-mnist, or set FASHION_MNIST_DIR"
+        )
+    x_train, y_train, x_held, y_held = (read_idx(p) for p in files)
+    return Dataset(
+        "fashion-mnist", "fashion-mnist", FASHION_LABELS, x_train, y_train.astype(np.int64),
+        x_held, y_held.astype(np.int64), sha256_files(files), augment=False,
+    )  # fmt: skip
+
+
+DATASETS: dict[str, Callable[[], Dataset]] = {"digits": digits, "fashion": fashion}
+
+
+def load_dataset(model: str) -> Dataset:
+    """The data set a model of this name trains on; KeyError for names with none."""
+    if model not in DATASETS:
+        raise KeyError(f"no data set for model {model!r} (known: {', '.join(sorted(DATASETS))})")
+    return DATASETS[model]()
