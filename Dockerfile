@@ -10,7 +10,7 @@ COPY digitflow ./digitflow
 
 FROM base AS gateway
 COPY gateway ./gateway
-RUN pip install '.[gateway]'
+RUN pip install '.[gateway,postgres]'
 USER digitflow
 EXPOSE 8000
 CMD ["gunicorn", "-c", "gateway/gunicorn_conf.py", "gateway:create_app()"]
@@ -25,7 +25,8 @@ FROM base AS inference
 COPY inference_worker ./inference_worker
 COPY models ./models
 # CPU wheels keep the image small; use a CUDA base image and the default index for GPUs.
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[inference,registry]'
+# The same image runs the training worker (inference_worker.training: retraining on feedback).
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[inference,registry,monitor,postgres]'
 USER digitflow
 CMD ["celery", "-A", "inference_worker.worker:app", "worker", "-Q", "inference", "--concurrency", "1", "-n", "inference@%h", "--without-gossip", "--without-mingle"]
 
@@ -47,9 +48,16 @@ CMD ["mlflow", "server", "--backend-store-uri", "sqlite:////mlflow/mlflow.db", "
 
 FROM base AS postprocess
 COPY postprocess_worker ./postprocess_worker
-RUN pip install .
+RUN pip install '.[postprocess,postgres]'
 USER digitflow
 CMD ["celery", "-A", "postprocess_worker.worker:app", "worker", "-Q", "postprocess", "--concurrency", "1", "-n", "postprocess@%h", "--without-gossip", "--without-mingle"]
+
+FROM base AS monitor
+COPY monitor_worker ./monitor_worker
+COPY models ./models
+RUN pip install '.[monitor,postgres]'
+USER digitflow
+CMD ["celery", "-A", "monitor_worker.worker:app", "worker", "-Q", "monitor", "--pool", "solo", "-n", "monitor@%h", "--without-gossip", "--without-mingle"]
 
 FROM base AS flower
 RUN pip install '.[flower]'

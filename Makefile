@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format bench system-deps clean
+.PHONY: install run test test-fast lint format bench drift-demo system-deps clean
 
 install: $(STAMP)
 
@@ -55,6 +55,10 @@ format: install
 
 bench: install
 	$(PY) -m bench
+
+# The monitoring loop end to end (README, "Monitoring and retraining"): about 5 minutes.
+drift-demo: install
+	$(PY) -m bench.drift_demo
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,9 @@ digitflow submit IMAGE... [--wait [S]]        send images, print the jobs (and a
 digitflow job JOB_ID [--wait S]               show one job
 digitflow models list|show|promote|rollback   the model registry (see digitflow/cli_models.py)
 digitflow train NAME [--promote-if-better]    train, register, maybe promote
+digitflow feedback JOB_ID LABEL               record a job's true label
+digitflow monitor report|run NAME             drift and accuracy per version (digitflow/cli_monitor.py)
+digitflow retrain NAME                        retrain on feedback, promote if the gate passes
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics_ports=tuple(int(p) for p in args.metrics_ports.split(",")),  # type: ignore[arg-type]
         registry_metrics_port=args.registry_metrics_port,
         mlflow_tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
+        monitoring=not args.no_monitoring,
+        monitor_metrics_port=args.monitor_metrics_port,
     )
     _bootstrap_registry(cfg)
     sup = Supervisor(specs + build_specs(cfg), var_dir / "log")
@@ -129,6 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  flower    http://127.0.0.1:{args.flower_port}")
         print("  metrics   " + "  ".join(f"http://127.0.0.1:{p}/metrics" for p in cfg.metrics_ports))
         print(f"  registry  {cfg.tracking_uri}   (digitflow models list)")
+        if cfg.monitoring:
+            print(
+                f"  monitor   http://127.0.0.1:{cfg.monitor_metrics_port}/metrics   (digitflow monitor report digits)"
+            )
         print(f"  logs      {var_dir / 'log'}/<service>.log")
         print("Ctrl-C stops everything.", flush=True)
         while not stop["now"]:
@@ -177,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--registry-metrics-port", type=int, default=int(env("REGISTRY_METRICS_PORT", "9104")))
     run.add_argument("--ready-timeout", type=float, default=90.0)
+    run.add_argument("--monitor-metrics-port", type=int, default=int(env("MONITOR_METRICS_PORT", "9105")))
+    run.add_argument("--no-monitoring", action="store_true", help="without the monitor, its beat and the trainer")
     run.set_defaults(func=cmd_run)
     submit = sub.add_parser("submit", help="submit images, one job each")
     submit.add_argument("images", nargs="+")
@@ -193,8 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--url", default=DEFAULT_URL)
     job.set_defaults(func=cmd_job)
     from digitflow.cli_models import add_model_commands
+    from digitflow.cli_monitor import add_monitor_commands
 
     add_model_commands(sub)
+    add_monitor_commands(sub)
     return parser
 
 

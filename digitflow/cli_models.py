@@ -199,6 +199,9 @@ def add_model_commands(sub: Any) -> None:
     listing = msub.add_parser("list", help="every model with its production version")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_list)
+    from digitflow.cli_monitor import add_calibrate_command
+
+    add_calibrate_command(msub)
     show = msub.add_parser("show", help="one model: aliases, history, versions and metrics")
     show.add_argument("name")
     show.set_defaults(func=cmd_show)

@@ -79,6 +79,13 @@ class JobNotFoundError(DigitflowError):
     status = 404
 
 
+class InputGoneError(DigitflowError):
+    """Feedback for a job whose input is not in the prediction log (failed, unfinished, pruned)."""
+
+    code = "input_gone"
+    status = 409
+
+
 class ModelNotFoundError(DigitflowError):
     code = "model_not_found"
     status = 404

@@ -150,28 +150,32 @@ class JobStore:
         return [bool(x) for x in live] if client is None else []
 
     def start_stage(
-        self, stage: str, batch_id: str, job_ids: Sequence[str], queued_at: float
+        self,
+        stage: str,
+        batch_id: str,
+        job_ids: Sequence[str],
+        queued_at: float,
+        extra: Mapping[str, Mapping[str, str]] | None = None,
     ) -> tuple[list[bool], int]:
-        """Mark live jobs as running in ``stage`` and count this delivery of the batch, in one
-        round trip. Returns per job whether it is live, and the delivery attempt (1 = first)."""
+        """Mark live jobs as running in ``stage`` (plus any ``extra`` fields per job, e.g. the
+        model version the previous stage used) and count this delivery of the batch, in one
+        round trip. Returns per job whether it is live, and the delivery attempt (1 = first).
+
+        The previous stage's end time is this batch's ``queued_at``: stages write no separate
+        "end" record on success, which saves a Redis round trip per stage and batch.
+        """
         if not job_ids:
             return [], 1
         now = repr(time.time())
         fields = {"status": STATUS_OF_STAGE[stage], f"t:{stage}:queued": repr(queued_at), f"t:{stage}:start": now}
+        extra = extra or {}
         attempt_key = f"{ATTEMPT_PREFIX}{stage}:{batch_id}"
         pipe = self.redis.pipeline(transaction=False)
-        self.update([(job_id, fields) for job_id in job_ids], client=pipe)
+        self.update([(job_id, {**fields, **extra.get(job_id, {})}) for job_id in job_ids], client=pipe)
         pipe.incr(attempt_key)
         pipe.expire(attempt_key, self.ttl_s)
         live, attempt, _ = pipe.execute()
         return [bool(x) for x in live], int(attempt)
-
-    def end_stage(
-        self, stage: str, job_ids: Sequence[str], extra: Mapping[str, Mapping[str, str]] | None = None
-    ) -> None:
-        now = repr(time.time())
-        extra = extra or {}
-        self.update([(job_id, {f"t:{stage}:end": now, **extra.get(job_id, {})}) for job_id in job_ids])
 
     def fail(self, stage: str, failures: Sequence[tuple[str, DigitflowError]]) -> None:
         now = repr(time.time())
@@ -274,8 +278,10 @@ def render_job(job_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
         return float(value) if value else None
 
     timings: dict[str, Any] = {}
-    for stage in STAGES:
+    for i, stage in enumerate(STAGES):
         queued, start, end = ts(f"t:{stage}:queued"), ts(f"t:{stage}:start"), ts(f"t:{stage}:end")
+        if end is None and i + 1 < len(STAGES):
+            end = ts(f"t:{STAGES[i + 1]}:queued")  # a stage that passed the job on ended as it sent it
         if start is not None:
             timings[stage] = {"queue": _ms(start, queued), "run": _ms(end, start)}
     created, finished = ts("created_at"), ts("finished_at")

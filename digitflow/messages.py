@@ -30,6 +30,14 @@ class Item(TypedDict, total=False):
     labels: list[str]
     pixels: bytes
     logits: list[float]
+    # Monitoring (issue 6): set by preprocess, [ink_ratio, mean_intensity, aspect]; set by
+    # inference, the penultimate embedding (128 float16 bytes), the outlier score of the
+    # version's detector with its threshold, and its calibration temperature.
+    ink: list[float]
+    embedding: bytes
+    outlier_score: float
+    outlier_threshold: float
+    temperature: float
 
 
 class Batch(TypedDict):

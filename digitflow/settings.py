@@ -74,6 +74,12 @@ class CoreSettings:
     # deploy message was missed.
     deploy_timeout_s: float = 20.0
     deploy_recheck_s: float = 3.0
+    # Monitoring (README, "Monitoring and retraining"): the prediction log's SQL database
+    # (empty: SQLite at VAR_DIR/predictions.db), and what an outlier gets: `flag` (a label and
+    # outlier: true) or `reject` (the job succeeds with label null).
+    database_url: str = ""
+    outlier_policy: str = "flag"
+    prediction_log: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -110,6 +116,8 @@ class CoreSettings:
             raise ConfigurationError("MAX_STRIKES must be >= 1")
         if self.deploy_timeout_s <= 0 or self.deploy_recheck_s <= 0:
             raise ConfigurationError("DEPLOY_TIMEOUT_S and DEPLOY_RECHECK_S must be > 0")
+        if self.outlier_policy not in {"flag", "reject"}:
+            raise ConfigurationError("OUTLIER_POLICY must be flag or reject")
         password = urlsplit(self.redis_url).password
         if password is not None and password.lower() in PLACEHOLDER_SECRETS:
             raise ConfigurationError("REDIS_URL carries a placeholder password; set a real secret")
@@ -117,6 +125,11 @@ class CoreSettings:
     @property
     def log_dir(self) -> Path:
         return self.var_dir / "log"
+
+    @property
+    def prediction_db_url(self) -> str:
+        """The prediction log's SQLAlchemy URL (DATABASE_URL, else SQLite under VAR_DIR)."""
+        return self.database_url or f"sqlite:///{self.var_dir / 'predictions.db'}"
 
     @property
     def tracking_uri(self) -> str:
@@ -221,3 +234,46 @@ class RegistrySettings(WorkerSettings):
     bootstrap: bool = True
     # How often the registry re-reads MLflow, so aliases moved elsewhere (the MLflow UI) deploy too.
     registry_sync_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class MonitorSettings(WorkerSettings):
+    """The monitor service (monitor_worker) and the retraining it triggers (training worker)."""
+
+    model_dir: Path = REPO_ROOT / "models"
+    # How often beat runs `monitor.run`; windows are 1h/1d/7d times WINDOW_SCALE (a demo
+    # compresses time with e.g. 0.005), the series buckets BUCKET_S wide, at most MAX_BUCKETS.
+    monitor_interval_s: float = 60.0
+    window_scale: float = 1.0
+    bucket_s: float = 3600.0
+    max_buckets: int = 48
+    # Alert thresholds: a test's p-value below P_VALUE, PSI above PSI, accuracy this far below the
+    # reference's held-out accuracy, outlier rate above OUTLIER_RATE; at least MIN_JOBS in a window.
+    p_value: float = 0.01
+    psi: float = 0.2
+    accuracy_drop: float = 0.05
+    outlier_rate: float = 0.2
+    # A KS test alerts only with an effect this large too: with hundreds of jobs, a tiny
+    # systematic difference (photo preprocessing vs. raw MNIST) is "significant" but harmless.
+    ks_effect: float = 0.25
+    min_jobs: int = 50
+    sample_size: int = 300
+    permutations: int = 200
+    # Retraining: started on a drift or accuracy alert when this many labelled, non-outlier
+    # inputs arrived since the last retrain; the candidate must beat production on the held-back
+    # recent slice and lose at most RETRAIN_MARGIN on the fixed held-out split.
+    auto_retrain: bool = True
+    retrain_min_labels: int = 200
+    retrain_holdback: float = 0.3
+    retrain_margin: float = 0.01
+    retrain_epochs: int = 6
+    retrain_cooldown_s: float = 3600.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.monitor_interval_s <= 0 or self.window_scale <= 0 or self.bucket_s <= 0:
+            raise ConfigurationError("MONITOR_INTERVAL_S, WINDOW_SCALE and BUCKET_S must be > 0")
+        if not 0 < self.p_value < 1 or not 0 < self.retrain_holdback < 1:
+            raise ConfigurationError("P_VALUE and RETRAIN_HOLDBACK must be in (0, 1)")
+        if self.sample_size < 20 or self.permutations < 20:
+            raise ConfigurationError("SAMPLE_SIZE and PERMUTATIONS must be >= 20")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from digitflow.errors import DigitflowError, InvalidMessageError, PoisonJobError
@@ -66,7 +66,11 @@ def run_stage(
             job_id = exc.details.get("job_id")
             if job_id:
                 failures.append((job_id, exc))
-    live, attempt = store.start_stage(stage, batch["batch_id"], [item["job_id"] for item in items], batch["sent_at"])
+    # The version that served a job (set by inference) is recorded when the next stage starts.
+    versions = {item["job_id"]: {"model_version": str(item["version"])} for item in items if "version" in item}
+    live, attempt = store.start_stage(
+        stage, batch["batch_id"], [item["job_id"] for item in items], batch["sent_at"], versions
+    )
     # Jobs already finished (a redelivered message after a crash) are not run again.
     items = [item for item, is_live in zip(items, live, strict=True) if is_live]
     STAGE_QUEUE_SECONDS.labels(stage).observe(max(0.0, received - batch["sent_at"]))
@@ -169,9 +173,4 @@ def _record(
     if passed:
         if terminal:
             store.succeed(stage, [(item["job_id"], out) for item, out in passed])
-        else:
-            extra: dict[str, Mapping[str, str]] = {
-                out["job_id"]: {"model_version": str(out["version"])} for _, out in passed if "version" in out
-            }
-            store.end_stage(stage, [item["job_id"] for item, _ in passed], extra)
         JOBS_PROCESSED.labels(stage).inc(len(passed))

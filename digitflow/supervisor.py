@@ -86,6 +86,10 @@ class StackConfig:
     # Models with their own inference workers: model -> processes, each on `-Q inference.<model>`
     # (jobs of these models are routed there; the shared inference worker no longer sees them).
     dedicated: Mapping[str, int] = field(default_factory=dict)
+    # Monitoring and retraining (README, "Monitoring and retraining"): the monitor worker and its
+    # beat, and the training worker. `digitflow run` starts them; test stacks only when asked.
+    monitoring: bool = False
+    monitor_metrics_port: int = 0
 
     @property
     def tracking_uri(self) -> str:
@@ -149,10 +153,24 @@ def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
         spec = worker_spec(cfg, "registry", "registry_worker", "registry", 1, cfg.registry_metrics_port)
         spec.argv[spec.argv.index("prefork")] = "solo"
         specs.append(spec)
+    if cfg.monitoring:
+        specs += monitoring_specs(cfg)
     if cfg.flower:
         env = {**base, "FLOWER_PORT": str(cfg.flower_port), "FLOWER_UNAUTHENTICATED_API": "true"}
         specs.append(ServiceSpec("flower", [PY, "-m", "digitflow.flower"], env))
     return specs
+
+
+def monitoring_specs(cfg: StackConfig) -> list[ServiceSpec]:
+    """The monitor worker (solo: one report at a time), its beat (in-memory schedule: no shelve
+    file, nothing pickled) and the training worker (solo: one retrain at a time)."""
+    monitor = worker_spec(cfg, "monitor", "monitor_worker", "monitor", 1, cfg.monitor_metrics_port)
+    monitor.argv[monitor.argv.index("prefork")] = "solo"
+    beat = [PY, "-m", "celery", "-A", "monitor_worker.worker:app", "beat", "--scheduler", "celery.beat:Scheduler"]
+    training = worker_spec(cfg, "training", "inference_worker", "training", 1, 0)
+    training.argv[training.argv.index("inference_worker.worker:app")] = "inference_worker.training:app"
+    training.argv[training.argv.index("prefork")] = "solo"
+    return [monitor, ServiceSpec("monitor-beat", [*beat, "--loglevel", "INFO"], _base_env(cfg)), training]
 
 
 class Supervisor:

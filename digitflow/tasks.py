@@ -23,9 +23,16 @@ REGISTRY_PROMOTE: Final = "registry.promote"
 REGISTRY_ROLLBACK: Final = "registry.rollback"
 REGISTRY_SYNC: Final = "registry.sync"
 REGISTRY_TASKS: Final = (REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC)
+# Monitoring (monitor_worker, its beat) and retraining (a training worker, torch and MLflow).
+MONITOR_QUEUE: Final = "monitor"
+MONITOR_RUN: Final = "monitor.run"
+TRAINING_QUEUE: Final = "training"
+TRAINING_RETRAIN: Final = "training.retrain"
 ROUTES: Final = {
     **{task: {"queue": QUEUE_OF_STAGE[stage]} for stage, task in TASK_OF_STAGE.items()},
     **{task: {"queue": REGISTRY_QUEUE} for task in REGISTRY_TASKS},
+    MONITOR_RUN: {"queue": MONITOR_QUEUE},
+    TRAINING_RETRAIN: {"queue": TRAINING_QUEUE},
 }
 
 

@@ -28,7 +28,7 @@ def create_app(settings: GatewaySettings | None = None) -> Flask:
         # The real service: settings and logging come from the environment.
         settings = GatewaySettings.from_env()
         setup_logging("gateway", settings.log_level, settings.log_format)
-    from gateway import health, jobs_api, models_api, openapi, web
+    from gateway import health, jobs_api, models_api, monitoring_api, openapi, web
     from gateway.errors import register_error_handlers
     from gateway.requests_log import register_request_metrics
     from gateway.services import GatewayServices
@@ -40,6 +40,7 @@ def create_app(settings: GatewaySettings | None = None) -> Flask:
     app.extensions["digitflow"] = GatewayServices(settings)
     app.register_blueprint(jobs_api.bp)
     app.register_blueprint(models_api.bp)
+    app.register_blueprint(monitoring_api.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(web.bp)

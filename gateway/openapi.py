@@ -100,6 +100,40 @@ SPEC: dict[str, Any] = {
                 },
             }
         },
+        "/v1/jobs/{job_id}/feedback": {
+            "post": {
+                "summary": "Record the true label of a job",
+                "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"label": {"type": "integer"}},
+                                "required": ["label"],
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": {"description": "recorded"}, **_errors(400, 404, 409, 415, 503)},
+            }
+        },
+        "/v1/models": {"get": {"summary": "Registered models", "responses": {"200": {"description": "models"}}}},
+        "/v1/models/{name}": {
+            "get": {
+                "summary": "One model's versions and aliases",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the model"}, **_errors(400, 404)},
+            }
+        },
+        "/v1/monitoring/{model}": {
+            "get": {
+                "summary": "Drift, accuracy and outlier statistics per version",
+                "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "the report"}, **_errors(400, 404)},
+            }
+        },
         "/healthz": {"get": {"responses": {"200": {"description": "process up"}}}},
         "/readyz": {"get": {"responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
     },

@@ -26,6 +26,7 @@ from digitflow.settings import GatewaySettings
 from digitflow.tasks import INFERENCE, POSTPROCESS, PREPROCESS, QUEUE_OF_STAGE, inference_queue
 from gateway.batcher import Batcher
 from gateway.completions import CompletionListener
+from gateway.model_lookup import ModelViewCache
 
 logger = logging.getLogger("gateway")
 SWEEP_LOCK = "df:sweeper:lock"
@@ -58,6 +59,7 @@ class GatewayServices:
         self.listener = CompletionListener(connect(settings.redis_url, socket_timeout=None), self.batcher.finished)  # type: ignore[arg-type]
         self.registry = RegistryClient(self.celery, settings.redis_url, settings.heartbeat_ttl_s)
         self._queues = _QueueCache()
+        self.model_views = ModelViewCache(self.redis)
         self._sweeper: threading.Thread | None = None
         self._sweeper_lock = threading.Lock()
         self._stop = threading.Event()

@@ -7,12 +7,9 @@ unknown models, malformed idempotency keys. Decoding itself happens in the prepr
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
-from typing import Any, cast
 
-import redis
 from flask import Request
 
 from digitflow.errors import (
@@ -23,8 +20,9 @@ from digitflow.errors import (
     UnsupportedFormatError,
 )
 from digitflow.images import ImageInfo, inspect_image
-from digitflow.model_view import VIEW_KEY, ModelSpec, resolve
+from digitflow.model_view import ModelSpec, resolve
 from digitflow.settings import GatewaySettings
+from gateway.model_lookup import ModelViewCache
 from gateway.multipart import request_parts, text_field
 
 IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -47,24 +45,23 @@ class ModelChoice:
     profile: str | None = None
 
 
-def model_of(request: Request, settings: GatewaySettings, client: redis.Redis) -> ModelChoice:
-    """The requested model (form field or query), checked against the registry's view in Redis
-    (``df:models``), or against MODELS while the view is empty. Raises InvalidRequestError for a
-    malformed name and ModelNotFoundError (404) for an unknown model or version."""
+def model_of(request: Request, settings: GatewaySettings, views: ModelViewCache) -> ModelChoice:
+    """The requested model (form field or query), checked against the registry's view
+    (``df:models``, cached per process), or against MODELS while the view is empty. Raises
+    InvalidRequestError for a malformed name and ModelNotFoundError (404) for an unknown model
+    or version."""
     text = text_field(request_parts(request), "model") or request.args.get("model") or settings.default_model
     spec = ModelSpec.parse(text)
-    pipe = client.pipeline(transaction=False)
-    pipe.hget(VIEW_KEY, spec.name)
-    pipe.exists(VIEW_KEY)
-    raw, view_exists = pipe.execute()
-    if not view_exists:
+    view = views.get()
+    if spec.name not in view or (spec.pin is not None and spec.pin not in view[spec.name].get("versions", {})):
+        view = views.get(refresh=True)  # registered a moment ago?
+    if not view:
         if spec.name not in settings.models:
             raise ModelNotFoundError(f"no model named {spec.name!r}", model=spec.name, available=list(settings.models))
         return ModelChoice(spec.name, spec.pin)
-    if raw is None:
-        names = sorted(k.decode() for k in cast(list[bytes], client.hkeys(VIEW_KEY)))
-        raise ModelNotFoundError(f"no model named {spec.name!r}", model=spec.name, available=names)
-    entry: dict[str, Any] = json.loads(raw)
+    entry = view.get(spec.name)
+    if entry is None:
+        raise ModelNotFoundError(f"no model named {spec.name!r}", model=spec.name, available=sorted(view))
     try:
         _, record = resolve(entry, spec.pin)
     except ModelNotFoundError as exc:  # an unknown version is an unknown model to a client

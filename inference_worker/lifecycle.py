@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from digitflow.model_store import RegistryStore
+from digitflow.reference import save_reference
 from digitflow.settings import CoreSettings
+from inference_worker.calibrate import build_reference
 from inference_worker.confusion_png import confusion_png
 from inference_worker.datasets import Dataset, load_dataset
 from inference_worker.model import load_model
@@ -97,6 +99,7 @@ def train_and_register(
         model_dir = Path(tmp) / "model"
         next_version = str(1 + max((int(v) for v in _versions(store, name)), default=0))
         write_model_dir(model_dir, model, model_metadata(name, next_version, ds, metrics, confusion))
+        save_reference(model_dir, build_reference(model, ds))  # outlier detector + drift reference
         version = store.register_dir(name, model_dir, run_id=run_id, description=f"digitflow train {name}")
     store.client.set_terminated(run_id, "FINISHED")
     if registered is not None:

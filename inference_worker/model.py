@@ -22,6 +22,7 @@ from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from digitflow.errors import InvalidMessageError, ModelUnavailableError
+from digitflow.reference import Reference, load_reference
 from inference_worker.net import EMBEDDING_DIM, DigitNet
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -84,6 +85,30 @@ class LoadedModel:
         with torch.inference_mode():
             logits = self.net(x)
         return logits.float().cpu().numpy()
+
+    @property
+    def reference(self) -> Reference | None:
+        """The version's outlier detector and reference statistics (``reference.safetensors``),
+        read once; None for a version without one (its jobs keep the low-confidence signal)."""
+        if not hasattr(self, "_reference"):
+            try:
+                self._reference: Reference | None = load_reference(self.model_dir)
+            except ValueError:
+                self._reference = None
+        return self._reference
+
+    def predict_with_features(self, pixels: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (logits (N, num_classes), embeddings (N, 128)) from one forward pass.
+
+        Same input contract and errors as :meth:`predict_logits`.
+        """
+        if len(pixels) == 0:
+            return np.zeros((0, self.num_classes), dtype=np.float32), np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+        x = self._to_tensor(pixels)
+        with torch.inference_mode():
+            emb = self.net.penultimate(x)
+            logits = self.net.fc2(emb)
+        return logits.float().cpu().numpy(), emb.float().cpu().numpy()
 
     def features(self, pixels: Sequence[bytes]) -> np.ndarray:
         """Return float32 (N, 128) penultimate-layer embeddings (for outlier detection).

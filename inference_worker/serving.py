@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis
 
 from digitflow.errors import DigitflowError, ModelNotFoundError, ModelUnavailableError, ModelVersionNotFoundError
@@ -250,17 +251,29 @@ def infer_items(items: Sequence[Item], cache: ModelCache) -> list[Item | Digitfl
     for (name, pin), idx in groups.items():
         try:
             model = cache.get(name, pin)
-            logits = model.predict_logits([items[i]["pixels"] for i in idx])
+            logits, feats = model.predict_with_features([items[i]["pixels"] for i in idx])
         except DigitflowError as exc:
             for i in idx:
                 out[i] = exc
             continue
+        ref = model.reference
+        scores = ref.scores(feats) if ref is not None else None
         for row, i in enumerate(idx):
-            out[i] = {
+            result: Item = {
                 "job_id": items[i]["job_id"],
                 "model": name,
                 "version": str(model.version),
                 "labels": model.labels,
                 "logits": [float(x) for x in logits[row]],
+                # For the prediction log: the input, its embedding (float16 bytes), its stats.
+                "pixels": items[i]["pixels"],
+                "embedding": feats[row].astype(np.float16).tobytes(),
             }
+            if "ink" in items[i]:
+                result["ink"] = items[i]["ink"]
+            if ref is not None and scores is not None:
+                result["outlier_score"] = float(scores[row])
+                result["outlier_threshold"] = ref.threshold
+                result["temperature"] = ref.temperature
+            out[i] = result
     return [o for o in out if o is not None]

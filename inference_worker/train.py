@@ -185,12 +185,13 @@ def fit(
     cfg: TrainConfig,
     extra: tuple[np.ndarray, np.ndarray] | None = None,
     on_batch: Callable[[int, int, int, float], None] | None = None,
+    init: dict[str, Tensor] | None = None,
 ) -> tuple[DigitNet, dict[str, Any], np.ndarray]:
     """Train a DigitNet on ``ds`` (plus ``extra`` training images) for ``cfg.epochs`` (0: the
     random initial weights, a deliberately bad model) and evaluate it on the held-out split.
 
     Returns (model in eval mode, metrics, confusion matrix). ``on_batch(epoch, done, total,
-    loss)`` reports progress.
+    loss)`` reports progress. ``init``: a state dict to start from (fine-tuning, e.g. retraining).
     """
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -202,7 +203,10 @@ def fit(
     x_train, y_train = to_tensor(x_np), torch.from_numpy(y_np.astype(np.int64))
     x_held, y_held = to_tensor(ds.x_held), torch.from_numpy(ds.y_held.astype(np.int64))
 
-    model = DigitNet(num_classes=len(ds.labels)).to(memory_format=torch.channels_last)
+    model = DigitNet(num_classes=len(ds.labels))
+    if init is not None:
+        model.load_state_dict(init, strict=True)
+    model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * (len(x_train) // cfg.batch_size)
     log.info("training %s on %d images, holding out %d, %d epochs", ds.name, len(x_train), len(x_held), cfg.epochs)

@@ -35,8 +35,23 @@ def summarize(logits: Sequence[float], outlier_threshold: float = DEFAULT_OUTLIE
     }
 
 
+def apply_detector(result: dict[str, Any], item: Item, policy: str = "flag") -> dict[str, Any]:
+    """Replace the low-confidence signal by the version's detector (when inference sent its score):
+    ``outlier`` is score > threshold; with ``policy="reject"`` an outlier's label (and class) is None."""
+    score, threshold = item.get("outlier_score"), item.get("outlier_threshold")
+    if isinstance(score, float | int) and isinstance(threshold, float | int):
+        result["outlier_score"] = round(float(score), 4)
+        result["outlier_threshold"] = round(float(threshold), 4)
+        result["outlier"] = bool(score > threshold)
+    if policy == "reject" and result["outlier"]:
+        result["label"] = None
+        if "class" in result:
+            result["class"] = None
+    return result
+
+
 def postprocess_items(
-    items: Sequence[Item], outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD
+    items: Sequence[Item], outlier_threshold: float = DEFAULT_OUTLIER_THRESHOLD, policy: str = "flag"
 ) -> list[dict[str, Any]]:
     """Summaries of a batch; with the model's class labels (sent by inference) each names its class."""
     out = []
@@ -45,5 +60,22 @@ def postprocess_items(
         labels = item.get("labels")
         if isinstance(labels, list) and len(labels) == len(item["logits"]):
             result["class"] = str(labels[result["label"]])
-        out.append(result)
+        out.append(apply_detector(result, item, policy))
     return out
+
+
+def log_row(item: Item, result: dict[str, Any], predicted: int) -> dict[str, Any]:
+    """The prediction-log row of one finished job (see digitflow.predlog)."""
+    logits = np.asarray(item["logits"], dtype=np.float64)
+    temperature = item.get("temperature")
+    calibrated = None
+    if isinstance(temperature, float | int) and temperature > 0:
+        calibrated = float(softmax(logits / float(temperature)).max())
+    ink: list[float | None] = [*item.get("ink", [None, None, None])]
+    return {
+        "job_id": item["job_id"], "model": item["model"], "version": str(item.get("version", "")),
+        "label": predicted, "classes": len(logits), "confidence": result["confidence"], "calibrated": calibrated,
+        "outlier_score": item.get("outlier_score"), "outlier": bool(result["outlier"]),
+        "ink_ratio": ink[0], "mean_intensity": ink[1], "aspect": ink[2],
+        "pixels": item.get("pixels"), "embedding": item.get("embedding"),
+    }  # fmt: skip

@@ -9,6 +9,7 @@ from celery import Celery, Task
 from digitflow.errors import DigitflowError, InvalidImageError, UnsupportedProfileError
 from digitflow.jobs import JobStore
 from digitflow.messages import Batch, Item
+from digitflow.reference import ink_stats
 from digitflow.settings import WorkerSettings
 from digitflow.stage import run_stage
 from digitflow.tasks import PREPROCESS
@@ -49,6 +50,7 @@ def preprocess_items(
         except DigitflowError as exc:
             out.append(exc)
             continue
+        result["ink"] = [round(v, 5) for v in ink_stats(result["pixels"])]  # for the prediction log
         if item.get("pin"):
             result["pin"] = item["pin"]
         out.append(result)

@@ -1,5 +1,6 @@
 // digitflow web page: draw or upload a digit, follow its job through the pipeline, show the answer.
 // Plain browser JS, no framework and no build step; it uses only the public API (README, "API").
+// Shared helpers ($, sleep, formatPct, errorOf) come from common.js.
 "use strict";
 
 const STEPS = ["queued", "preprocessing", "inferring", "postprocessing", "done"];
@@ -21,30 +22,11 @@ const TIMELINE_PARTS = [
 const SHORT_POLL_MS = 100;
 const SHORT_POLL_FOR_MS = 3000;
 const LONG_POLL_S = 10;
-const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
-
-const $ = (id) => document.getElementById(id);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 function formatMs(ms) {
   if (ms === null || ms === undefined) return "–";
   if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
   return `${ms < 10 ? ms.toFixed(1) : Math.round(ms)} ms`;
-}
-
-function formatPct(p) {
-  const pct = p * 100;
-  return pct >= 99.95 || pct < 0.05 ? `${pct.toFixed(0)}%` : `${pct.toFixed(1)}%`;
-}
-
-// ---------------------------------------------------------------- header links
-
-function setUpLinks() {
-  const flower = new URL(document.body.dataset.flowerUrl, location.href);
-  // The default points at loopback, which is only right when the browser runs on the gateway's machine.
-  if (LOOPBACK.has(flower.hostname) && !LOOPBACK.has(location.hostname)) flower.hostname = location.hostname;
-  $("flower-link").href = flower.href;
-  $("metrics-link").href = document.body.dataset.metricsUrl;
 }
 
 // ---------------------------------------------------------------- drawing pad
@@ -252,17 +234,6 @@ function renderResult(job) {
 
 // ---------------------------------------------------------------- talking to the API
 
-// Turns any non-2xx answer into the API's error shape, even when a proxy answered with HTML.
-async function errorOf(response) {
-  try {
-    const body = await response.json();
-    if (body?.error?.message) return body.error;
-  } catch (_) {
-    /* not JSON */
-  }
-  return { code: `http_${response.status}`, message: response.statusText || `HTTP ${response.status}` };
-}
-
 function apiHeaders() {
   const key = sessionStorage.getItem("digitflow-api-key");
   return key ? { "X-API-Key": key } : {};
@@ -433,7 +404,6 @@ function setUpFeedback() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  setUpLinks();
   const submitButton = $("submit-drawing");
   const pad = setUpPad((hasInk) => {
     submitButton.disabled = !hasInk;

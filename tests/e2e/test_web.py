@@ -1,5 +1,8 @@
 """The web page at ``/`` in a real browser against a real stack (gateway + three real workers).
 
+The fixtures here (``stack``, ``browser``, ``pages``) serve the other page tests too
+(``test_web_models.py``, ``test_web_monitoring.py``), on one stack.
+
 Debian's Chromium, driven headless by Playwright: never ``playwright install``, which downloads
 browsers. Screenshots land in ``tests/artifacts/`` for a human to look at.
 """
@@ -7,7 +10,7 @@ browsers. Screenshots land in ``tests/artifacts/`` for a human to look at.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 import redis
 
 from tests.conftest import RedisServer
+from tests.integration.models_support import ADMIN_TOKEN, wait_for_registry
 from tests.integration.test_pipeline import blank_page, heldout_digits, paper_photo
 from tests.stacks import Stack, start_stack
 
@@ -38,16 +42,34 @@ CHROMIUM_ARGS = [
 ANSWER_TIMEOUT_MS = 20_000  # the first job also waits for the model to load in its worker
 
 
+WEB_STACK = pytest.StashKey[Stack]()
+
+
 @pytest.fixture(scope="module")
-def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    url = redis_server.url(5)
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    stack = start_stack(url, tmp_path_factory.mktemp("web-stack"), env={"FLOWER_URL": FLOWER_URL})
-    yield stack
-    stack.close()
-    client.flushdb()
-    client.close()
+def stack(request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+    """Gateway, workers and the registry service with the shipped models registered, ADMIN_TOKEN set.
+
+    One stack for every web-page module (``test_web*.py`` use this fixture): it takes 10-40 s to
+    start on a busy 2-core machine, so the first module starts it and it is closed when the tests
+    of this package (``tests/e2e``) are done.
+    """
+    owner: pytest.Package | pytest.Session = request.node.getparent(pytest.Package) or request.session
+    if WEB_STACK not in owner.stash:
+        url = redis_server.url(5)
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        env = {"FLOWER_URL": FLOWER_URL, "ADMIN_TOKEN": ADMIN_TOKEN}
+        started = start_stack(url, tmp_path_factory.mktemp("web-stack"), env=env)
+
+        def close() -> None:
+            started.close()
+            client.flushdb()
+            client.close()
+
+        owner.addfinalizer(close)
+        wait_for_registry(started, ("digits", "fashion"), servers=1)
+        owner.stash[WEB_STACK] = started
+    return owner.stash[WEB_STACK]
 
 
 @pytest.fixture(scope="module")
@@ -72,13 +94,18 @@ class Pages:
         self.contexts: list[BrowserContext] = []
         self.problems: list[str] = []
 
-    def open(self, **context_options: Any) -> Page:
+    def open(
+        self, path: str = "/", routes: Mapping[str, Callable[[Route], None]] | None = None, **context_options: Any
+    ) -> Page:
+        """A new page at ``path``; ``routes`` (URL glob -> handler) answer requests instead of the stack."""
         context = self.browser.new_context(**context_options)
         self.contexts.append(context)
         context.route("**/*", self._only_local)
         page = context.new_page()
+        for url, handler in (routes or {}).items():
+            page.route(url, handler)  # page routes win over the context's
         page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
-        page.goto(self.stack.base_url + "/")
+        page.goto(self.stack.base_url + path)
         return page
 
     def _only_local(self, route: Route) -> None:
@@ -118,6 +145,17 @@ def draw(page: Page, strokes: list[list[tuple[float, float]]]) -> None:
         for x, y in stroke[1:]:
             page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=12)
         page.mouse.up()
+
+
+@pytest.mark.parametrize("path", ["/", "/models", "/monitoring"])
+def test_every_page_has_the_header_and_a_strict_content_policy(stack: Stack, path: str) -> None:
+    response = stack.session.get(stack.base_url + path, timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    for link in ('href="/"', 'href="/models"', 'href="/monitoring"', 'href="/metrics"', f'href="{FLOWER_URL}"'):
+        assert link in response.text, (path, link)
+    assert response.text.count('aria-current="page"') == 1
 
 
 def test_a_drawn_digit_is_recognised_with_probabilities_and_timeline(pages: Pages, stack: Stack) -> None:

@@ -70,4 +70,5 @@ def test_train_register_and_promote_only_when_better(redis_url: str, redis_clien
     with Image.open(png) as picture:
         assert picture.format == "PNG" and picture.size[0] > 400
     files = {a.path for a in store.client.list_artifacts(trained["run_id"], "model")}
-    assert files == {"model/model.json", "model/weights.safetensors"}  # no pickle anywhere
+    # no pickle anywhere; reference.safetensors: the outlier detector and drift reference
+    assert files == {"model/model.json", "model/weights.safetensors", "model/reference.safetensors"}

@@ -18,6 +18,8 @@ from digitflow.tasks import QUEUE_OF_STAGE
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = {"preprocess_worker": "preprocess", "inference_worker": "inference", "postprocess_worker": "postprocess"}
 SECRETS = {"REDIS_PASSWORD": "test-secret", "FLOWER_USER": "admin", "FLOWER_PASSWORD": "test-pass"}
+SECRETS["POSTGRES_PASSWORD"] = "pg-pass"
+MONITORING = {"monitor_worker", "monitor_beat", "training_worker", "postgres"}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def dockerfile_stages() -> dict[str, str]:
 
 def test_every_service_is_there_with_a_health_check_and_restart_policy(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "gateway", *WORKERS, "registry_worker", "mlflow", "flower"}
+    assert set(services) == {"redis", "gateway", *WORKERS, "registry_worker", "mlflow", "flower", *MONITORING}
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no health check"
         assert service.get("restart") == "unless-stopped", name
@@ -120,3 +122,33 @@ def test_mlflow_server_keeps_its_store_and_artifacts_in_a_volume(compose: dict[s
     assert any(v.endswith(":/mlflow") for v in service["volumes"]) and "mlflow-data" in compose["volumes"]
     stages = dockerfile_stages()
     assert "mlflow==" in stages["mlflow"] and "[registry]" in stages["registry"]
+
+
+def test_prediction_log_is_postgres_for_exactly_the_services_that_use_it(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["postgres"]["image"].startswith("postgres:") and "postgres-data" in compose["volumes"]
+    users = {"gateway", "postprocess_worker", "monitor_worker", "monitor_beat", "training_worker"}
+    for name in users:
+        assert services[name]["environment"]["DATABASE_URL"].startswith("postgresql+psycopg://"), name
+    for name in ("preprocess_worker", "inference_worker", "registry_worker"):
+        assert "DATABASE_URL" not in services[name]["environment"], name
+    stages = dockerfile_stages()
+    for stage in ("gateway", "postprocess", "monitor", "inference"):
+        assert "postgres" in stages[stage], stage
+
+
+def test_monitor_and_training_services_match_the_local_stack(compose: dict[str, Any]) -> None:
+    local = {s.name: s.argv for s in build_specs(StackConfig(flower=False, monitoring=True))}
+    for service, name, app, queue in (
+        ("monitor_worker", "monitor", "monitor_worker.worker:app", "monitor"),
+        ("training_worker", "training", "inference_worker.training:app", "training"),
+    ):
+        command = compose["services"][service]["command"]
+        for argv in (command, local[name]):
+            assert argv[argv.index("-A") + 1] == app and argv[argv.index("-Q") + 1] == queue
+            assert argv[argv.index("--pool") + 1] == "solo"
+    beat = compose["services"]["monitor_beat"]["command"]
+    for argv in (beat, local["monitor-beat"]):
+        assert "beat" in argv and argv[argv.index("--scheduler") + 1] == "celery.beat:Scheduler"  # no shelve file
+    assert compose["services"]["training_worker"]["build"]["target"] == "inference"
+    assert "monitor" not in {s.name for s in build_specs(StackConfig(flower=False))}

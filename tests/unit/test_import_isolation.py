@@ -19,7 +19,7 @@ HEAVY = ("torch", "mlflow")
     [
         "from gateway import create_app; from digitflow.settings import GatewaySettings; "
         "app = create_app(GatewaySettings(admin_token='a-long-enough-secret')); "
-        "import gateway.models_api, gateway.jobs_api, gateway.uploads",
+        "import gateway.models_api, gateway.jobs_api, gateway.uploads, gateway.monitoring_api",
         "import preprocess_worker.worker, preprocess_worker.tasks, preprocess_worker.steps_fashion",
         "import postprocess_worker.worker, postprocess_worker.tasks",
         "import digitflow.cli, digitflow.cli_models, digitflow.model_view, digitflow.registry_client",

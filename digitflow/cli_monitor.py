@@ -1,0 +1,132 @@
+"""``digitflow feedback``, ``digitflow monitor report|run``, ``digitflow retrain``,
+``digitflow models calibrate`` (README, "Monitoring and retraining")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = os.environ.get("DIGITFLOW_URL", "http://127.0.0.1:8000")
+WINDOW_COLUMNS = ("jobs", "labelled", "accuracy", "estimated_accuracy", "outlier_rate")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def report_table(report: dict[str, Any]) -> str:
+    """A terminal table: one line per version and window, then the alerts and retrainings."""
+    head = ["version", "window", "jobs", "labelled", "acc", "est.acc", "outliers", "psi", "chi2 p", "conf KS p",
+            "ink KS p", "MMD p", "alerts"]  # fmt: skip
+    lines = [head]
+    for v in report.get("versions", []):
+        name = v["version"] + (" (prod)" if v.get("production") else "")
+        for window, w in v["windows"].items():
+            pd, cd, inp = w.get("prediction_drift") or {}, w.get("confidence_drift") or {}, w.get("input_drift") or {}
+            kinds = sorted({a["kind"] for a in v["alerts"] if a["window"] == window})
+            lines.append([name, window, *(_fmt(w.get(c)) for c in WINDOW_COLUMNS), _fmt(pd.get("psi")),
+                          _fmt(pd.get("p_value"), 4), _fmt(cd.get("p_value"), 4),
+                          _fmt((inp.get("ink_ratio") or {}).get("p_value"), 4),
+                          _fmt((inp.get("embedding_mmd") or {}).get("p_value"), 4),
+                          ",".join(kinds) or "-"])  # fmt: skip
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
+    out = [f"model {report.get('model')}  (report of {report.get('generated_at')})"]
+    out += ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) for row in lines]
+    for r in report.get("retraining", []):
+        out.append(f"retrain at {r.get('at')}: {r.get('trigger')} -> version {r.get('new_version')}, "
+                   f"promoted={r.get('promoted')}: {r.get('reason')}")  # fmt: skip
+    return "\n".join(out)
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from digitflow.cli import _request
+
+    body = json.dumps({"label": args.label}).encode()
+    status, answer = _request(
+        f"{args.url}/v1/jobs/{args.job_id}/feedback", body, {"Content-Type": "application/json"}, timeout=30
+    )
+    print(json.dumps(answer, indent=2))
+    return 0 if status < 400 else 2
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from digitflow.cli import _request
+
+    status, answer = _request(f"{args.url}/v1/monitoring/{args.name}", timeout=30)
+    print(json.dumps(answer, indent=2) if args.json or status >= 400 else report_table(answer))
+    return 0 if status < 400 else 2
+
+
+def cmd_monitor_run(args: argparse.Namespace) -> int:
+    """Compute the reports here, now (what the beat-scheduled task does)."""
+    from digitflow.predlog import PredictionLog
+    from digitflow.redis_client import connect
+    from digitflow.settings import MonitorSettings
+    from monitor_worker.references import References
+    from monitor_worker.tasks import run_monitor
+
+    s = MonitorSettings.from_env()
+    reports = run_monitor(s, connect(s.redis_url), PredictionLog(s.prediction_db_url), References(s), args.names)
+    for report in reports:
+        print(report_table(report))
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from digitflow.settings import MonitorSettings
+    from inference_worker.retrain import run_retrain
+
+    outcome = run_retrain(args.name, "manual", MonitorSettings.from_env(), args.min_labels, args.epochs)
+    print(json.dumps(outcome, indent=2, default=str))
+    return 0 if outcome.get("new_version") else 1
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from inference_worker.calibrate import calibrate_dir
+
+    folder = Path(args.models_dir) / args.name / args.version
+    ref = calibrate_dir(folder, args.name)
+    print(json.dumps({"path": str(folder / "reference.safetensors"), "threshold": ref.threshold,
+                      "temperature": ref.temperature, **ref.meta}, indent=2))  # fmt: skip
+    return 0
+
+
+def add_calibrate_command(msub: Any) -> None:
+    from digitflow.settings import REPO_ROOT
+
+    cal = msub.add_parser("calibrate", help="fit a shipped version's outlier detector and drift reference")
+    cal.add_argument("name")
+    cal.add_argument("version")
+    cal.add_argument("--models-dir", default=str(REPO_ROOT / "models"))
+    cal.set_defaults(func=cmd_calibrate)
+
+
+def add_monitor_commands(sub: Any) -> None:
+    """Add ``feedback``, ``monitor`` and ``retrain`` to the ``digitflow`` parser."""
+    fb = sub.add_parser("feedback", help="record the true label of a job")
+    fb.add_argument("job_id")
+    fb.add_argument("label", type=int)
+    fb.add_argument("--url", default=DEFAULT_URL)
+    fb.set_defaults(func=cmd_feedback)
+    mon = sub.add_parser("monitor", help="drift, outliers and accuracy per model version")
+    msub = mon.add_subparsers(dest="monitor_command", required=True)
+    rep = msub.add_parser("report", help="the latest report as a table (from the gateway)")
+    rep.add_argument("name")
+    rep.add_argument("--json", action="store_true")
+    rep.add_argument("--url", default=DEFAULT_URL)
+    rep.set_defaults(func=cmd_report)
+    run = msub.add_parser("run", help="compute the reports now, here")
+    run.add_argument("names", nargs="*")
+    run.set_defaults(func=cmd_monitor_run)
+    re = sub.add_parser("retrain", help="retrain on collected feedback; promote if the gate passes")
+    re.add_argument("name")
+    re.add_argument("--min-labels", type=int, default=None)
+    re.add_argument("--epochs", type=int, default=None)
+    re.set_defaults(func=cmd_retrain)

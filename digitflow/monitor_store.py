@@ -1,0 +1,75 @@
+"""Where monitoring results live in Redis: the latest report per model, alert start times, and
+the retraining history the gateway, the CLI and Prometheus read.
+
+- ``df:monitor:report:<model>``: the latest report (JSON, the ``GET /v1/monitoring`` body less
+  ``retraining``);
+- ``df:monitor:since:<model>``: hash ``version|kind|window`` -> when that alert started;
+- ``df:monitor:retrain:<model>``: list of retraining outcomes, newest first (at most 50);
+- ``df:monitor:retrain-state:<model>``: the last prediction-log row a retrain used, and when;
+- ``df:monitor:retrain-lock:<model>``: held while a retrain is queued or running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, cast
+
+import redis
+
+PREFIX = "df:monitor:"
+HISTORY = 50
+
+
+def write_report(client: redis.Redis, report: dict[str, Any]) -> None:
+    """Store ``report`` and stamp each alert with ``since``: when it was first seen (kept while it lasts)."""
+    model = report["model"]
+    key = f"{PREFIX}since:{model}"
+    known = {k.decode(): float(v) for k, v in cast(dict[bytes, bytes], client.hgetall(key)).items()}
+    current: dict[str, float] = {}
+    for version in report["versions"]:
+        for alert in version["alerts"]:
+            name = f"{version['version']}|{alert['kind']}|{alert['window']}"
+            current[name] = known.get(name, report["generated_at"])
+            alert["since"] = current[name]
+    pipe = client.pipeline()
+    pipe.delete(key)
+    if current:
+        pipe.hset(key, mapping=current)  # type: ignore[arg-type]
+    pipe.set(f"{PREFIX}report:{model}", json.dumps(report))
+    pipe.execute()
+
+
+def read_report(client: redis.Redis, model: str) -> dict[str, Any] | None:
+    raw = cast(bytes | None, client.get(f"{PREFIX}report:{model}"))
+    return None if raw is None else cast(dict[str, Any], json.loads(raw))
+
+
+def record_retrain(client: redis.Redis, model: str, outcome: dict[str, Any]) -> None:
+    key = f"{PREFIX}retrain:{model}"
+    client.lpush(key, json.dumps(outcome, default=str))
+    client.ltrim(key, 0, HISTORY - 1)
+
+
+def retrain_history(client: redis.Redis, model: str) -> list[dict[str, Any]]:
+    """Retraining outcomes, oldest first."""
+    raw = cast(list[bytes], client.lrange(f"{PREFIX}retrain:{model}", 0, HISTORY - 1))
+    return [json.loads(r) for r in reversed(raw)]
+
+
+def retrain_state(client: redis.Redis, model: str) -> tuple[int, float]:
+    """(last prediction-log row id used by a retrain, when it ran); (0, 0.0) if never."""
+    raw = cast(dict[bytes, bytes], client.hgetall(f"{PREFIX}retrain-state:{model}"))
+    return int(raw.get(b"last_id", b"0")), float(raw.get(b"at", b"0"))
+
+
+def set_retrain_state(client: redis.Redis, model: str, last_id: int, at: float | None = None) -> None:
+    client.hset(f"{PREFIX}retrain-state:{model}", mapping={"last_id": last_id, "at": time.time() if at is None else at})
+
+
+def take_retrain_lock(client: redis.Redis, model: str, ttl_s: int = 3600) -> bool:
+    return bool(client.set(f"{PREFIX}retrain-lock:{model}", "1", nx=True, ex=ttl_s))
+
+
+def release_retrain_lock(client: redis.Redis, model: str) -> None:
+    client.delete(f"{PREFIX}retrain-lock:{model}")

@@ -1,0 +1,164 @@
+"""``digitflow retrain NAME`` and the ``training.retrain`` task: close the loop with user feedback.
+
+The candidate starts from production's weights and is fine-tuned on the model's base training
+data plus the labelled, non-outlier inputs of the prediction log (all but the most recent
+RETRAIN_HOLDBACK share of them, which is held back for evaluation; the feedback rows are
+repeated so that they make up about a third of each epoch). It is registered in MLflow with its
+lineage (which feedback rows, how many), with its own outlier detector and reference, and
+promoted only when the gate passes: strictly better than production on the held-back recent
+feedback, and at most RETRAIN_MARGIN worse on the fixed held-out split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from digitflow.model_store import RegistryStore
+from digitflow.monitor_store import record_retrain, release_retrain_lock, retrain_state, set_retrain_state
+from digitflow.observability import log_event
+from digitflow.predlog import PredictionLog
+from digitflow.redis_client import connect
+from digitflow.reference import save_reference
+from digitflow.settings import MonitorSettings
+from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_SYNC
+from inference_worker.calibrate import build_reference
+from inference_worker.datasets import load_dataset
+from inference_worker.model import WEIGHTS_FILE, load_model
+from inference_worker.net import DigitNet
+from inference_worker.train import TrainConfig, evaluate, fit, model_metadata, to_tensor, write_model_dir
+
+log = logging.getLogger("inference_worker.retrain")
+Promote = Callable[[str, str], dict[str, Any]]
+FEEDBACK_SHARE = 0.33
+
+
+def accuracy(net: DigitNet, x: np.ndarray, y: np.ndarray) -> float:
+    return evaluate(net, to_tensor(x), torch.from_numpy(y.astype(np.int64)))[0] if len(y) else float("nan")
+
+
+def gate(new: dict[str, float], prod: dict[str, float], margin: float) -> tuple[bool, str]:
+    """Promote only if better on recent feedback and within ``margin`` on the held-out split."""
+    recent = f"recent feedback {new['recent']:.3f} vs {prod['recent']:.3f}"
+    held = f"held-out {new['heldout']:.3f} vs {prod['heldout']:.3f}"
+    if not new["recent"] > prod["recent"]:
+        return False, f"not better on {recent}"
+    if new["heldout"] < prod["heldout"] - margin:
+        return False, f"loses more than {margin} on {held}"
+    return True, f"better on {recent}, {held} within margin {margin}"
+
+
+def retrain(
+    name: str,
+    settings: MonitorSettings,
+    trigger: str = "manual",
+    promote: Promote | None = None,
+    registered: Callable[[str], object] | None = None,
+    min_labels: int | None = None,
+    epochs: int | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate, register and maybe promote a new version of ``name``; returns the outcome.
+
+    Raises ValueError when fewer than ``min_labels`` (default RETRAIN_MIN_LABELS) labelled inputs exist.
+    """
+    started = time.time()
+    ds = load_dataset(name)
+    rows = PredictionLog(settings.prediction_db_url).labelled(name)
+    needed = settings.retrain_min_labels if min_labels is None else min_labels
+    if len(rows) < max(needed, 2):
+        raise ValueError(f"{len(rows)} labelled non-outlier inputs of {name!r}; retraining needs {needed}")
+    x = np.stack([np.frombuffer(r.pixels, dtype=np.uint8).reshape(28, 28) for r in rows])
+    y = np.array([r.true_label for r in rows], dtype=np.int64)
+    cut = len(rows) - max(1, round(len(rows) * settings.retrain_holdback))
+    x_fb, y_fb, x_recent, y_recent = x[:cut], y[:cut], x[cut:], y[cut:]
+    ids = [int(r.id) for r in rows[:cut]]
+    store = RegistryStore(settings.tracking_uri, settings.artifact_root)
+    production = store.alias(name)
+    if production is None:
+        raise ValueError(f"{name!r} has no production version to retrain from")
+    with tempfile.TemporaryDirectory(prefix="digitflow-retrain-") as tmp:
+        prod_dir = store.download(name, production, Path(tmp) / "prod")
+        prod_net = load_model(prod_dir, device="cpu", threads=torch.get_num_threads()).net
+        init = load_file(str(prod_dir / WEIGHTS_FILE))
+        repeat = max(1, min(20, round(FEEDBACK_SHARE * len(ds.y_train) / ((1 - FEEDBACK_SHARE) * max(len(y_fb), 1)))))
+        cfg = TrainConfig(epochs=epochs or settings.retrain_epochs, lr=1e-3, seed=int(started) % 1000)
+        net, metrics, confusion = fit(ds, cfg, extra=(np.tile(x_fb, (repeat, 1, 1)), np.tile(y_fb, repeat)), init=init)
+        new = {"heldout": accuracy(net, ds.x_held, ds.y_held), "recent": accuracy(net, x_recent, y_recent)}
+        prod = {"heldout": accuracy(prod_net, ds.x_held, ds.y_held), "recent": accuracy(prod_net, x_recent, y_recent)}
+        ok, reason = gate(new, prod, settings.retrain_margin)
+        lineage = {
+            "trigger": trigger, "base_version": production, "feedback_rows": len(ids),
+            "feedback_first_id": min(ids, default=0), "feedback_last_id": max(ids, default=0),
+            "feedback_ids_sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
+            "recent_rows": len(y_recent), "feedback_repeat": repeat,
+        }  # fmt: skip
+        metrics.update(lineage, recent_accuracy=round(new["recent"], 4))
+        run_id = store.start_run(name, f"retrain {name} ({trigger})")
+        scores = {"heldout_accuracy": new["heldout"], "recent_accuracy": new["recent"]}
+        scores.update(production_heldout_accuracy=prod["heldout"], production_recent_accuracy=prod["recent"])
+        store.log_run(run_id, {**lineage, "model": name}, scores)
+        model_dir = Path(tmp) / "model"
+        next_version = str(
+            1 + max((int(mv.version) for mv in store.client.search_model_versions(f"name='{name}'")), default=0)
+        )
+        write_model_dir(model_dir, net, model_metadata(name, next_version, ds, metrics, confusion))
+        # The new version's reference covers what it was trained for: held-out plus recent traffic.
+        ref_ds = dataclasses.replace(ds, x_held=np.concatenate([ds.x_held, x]), y_held=np.concatenate([ds.y_held, y]))
+        save_reference(model_dir, build_reference(net, ref_ds))
+        version = store.register_dir(
+            name, model_dir, run_id=run_id, description=f"digitflow retrain {name} ({trigger})"
+        )
+        store.client.set_terminated(run_id, "FINISHED")
+    if registered is not None:
+        registered(name)
+    outcome: dict[str, Any] = {
+        "at": started, "trigger": trigger, "model": name, "new_version": version, "base_version": production,
+        "promoted": False, "reason": reason, "feedback_rows": len(ids), "recent_rows": len(y_recent),
+        "last_row_id": int(rows[-1].id), "new": new, "production": prod, "seconds": round(time.time() - started, 1),
+    }  # fmt: skip
+    log.info("retrain %s: version %s, %s", name, version, reason)
+    if ok:
+        if promote is None:
+            raise ValueError("promotion needs a promote function")
+        outcome["deploy"] = promote(name, version)
+        outcome["promoted"] = True
+    return outcome
+
+
+def run_retrain(
+    name: str, trigger: str, s: MonitorSettings, min_labels: int | None = None, epochs: int | None = None
+) -> dict[str, Any]:
+    """Retrain ``name``, promote through the registry service (or directly when none runs),
+    record the outcome in the model's retraining history and release the retrain lock."""
+    from digitflow.cli_models import registry_action
+
+    def promote(model: str, version: str) -> dict[str, Any]:
+        payload = {"name": model, "version": version, "alias": "production"}
+        return registry_action(s, REGISTRY_PROMOTE, payload, lambda d: d.promote(model, version))
+
+    def registered(model: str) -> None:
+        registry_action(s, REGISTRY_SYNC, {"names": [model]}, lambda d: {"models": d.sync([model])})
+
+    client = connect(s.redis_url)
+    try:
+        outcome = retrain(name, s, trigger, promote, registered, min_labels, epochs)
+        set_retrain_state(client, name, int(outcome["last_row_id"]))
+    except Exception as exc:  # recorded, so the history says why nothing changed
+        outcome = {"at": time.time(), "trigger": trigger, "model": name, "new_version": None, "promoted": False,
+                   "reason": f"failed: {type(exc).__name__}: {exc}"[:400]}  # fmt: skip
+        set_retrain_state(client, name, retrain_state(client, name)[0])  # the cooldown starts anyway
+    finally:
+        release_retrain_lock(client, name)
+    record_retrain(client, name, outcome)
+    log_event(log, "retrain_done", model=name, promoted=outcome["promoted"], reason=outcome["reason"])
+    return outcome

@@ -1,0 +1,1 @@
+"""The monitor service: ``monitor.run`` on queue ``monitor``, scheduled by Celery beat."""

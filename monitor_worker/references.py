@@ -1,0 +1,58 @@
+"""Each version's reference (``reference.safetensors``), fetched from the registry once.
+
+A version registered before its reference existed (the shipped versions of an older
+installation) falls back to ``models/<name>/<version>/`` when that folder holds the same weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from digitflow.model_files import install_dir, read_model_json
+from digitflow.reference import REFERENCE_FILE, Reference, load_reference
+from digitflow.settings import MonitorSettings
+
+logger = logging.getLogger("monitor_worker.references")
+
+
+class References:
+    def __init__(self, settings: MonitorSettings) -> None:
+        self.settings = settings
+        self._cache: dict[tuple[str, str], Reference | None] = {}
+
+    def get(self, name: str, version: str) -> Reference | None:
+        """The reference of ``name`` ``version``, or None when it has none or cannot be fetched."""
+        key = (name, version)
+        if key not in self._cache:
+            try:
+                self._cache[key] = self._load(name, version)
+            except Exception as exc:  # registry unreachable: try again on the next run
+                logger.warning("no reference for %s %s: %s", name, version, exc)
+                return None
+        return self._cache[key]
+
+    def _load(self, name: str, version: str) -> Reference | None:
+        from digitflow.model_store import RegistryStore
+
+        s = self.settings
+        target = s.var_dir / "monitor-cache" / name / version
+
+        def fill(tmp: Path) -> None:
+            store = RegistryStore(s.tracking_uri, s.artifact_root)
+            scratch = tmp.parent / f"{tmp.name}.dl"
+            try:
+                shutil.move(str(store.download(name, version, scratch)), tmp)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+        folder = install_dir(fill, target)
+        ref = load_reference(folder)
+        if ref is None:
+            shipped = s.model_dir / name / version
+            if (shipped / REFERENCE_FILE).is_file() and (
+                read_model_json(shipped).get("weights_sha256") == read_model_json(folder).get("weights_sha256")
+            ):
+                ref = load_reference(shipped)
+        return ref

@@ -1,0 +1,143 @@
+"""``monitor.run``: the report of every model (digitflow.monitoring), stored in Redis for the
+gateway and the CLI, exported as Prometheus gauges, and a retrain started when a production
+version raises a drift or accuracy alert and enough new labelled data exists."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from prometheus_client import Gauge
+
+from digitflow.model_view import production_of, read_view
+from digitflow.monitor_store import retrain_state, take_retrain_lock, write_report
+from digitflow.monitoring import model_report
+from digitflow.observability import log_event
+from digitflow.predlog import PredictionLog
+from digitflow.redis_client import connect
+from digitflow.settings import MonitorSettings
+from digitflow.tasks import MONITOR_RUN, TRAINING_QUEUE, TRAINING_RETRAIN
+from monitor_worker.references import References
+
+logger = logging.getLogger("monitor_worker")
+LABELS = ("model", "version", "window")
+STATISTIC = Gauge(
+    "digitflow_drift_statistic", "Drift statistics per window", [*LABELS, "test"], multiprocess_mode="mostrecent"
+)
+P_VALUE = Gauge(
+    "digitflow_drift_p_value", "Drift test p-values per window", [*LABELS, "test"], multiprocess_mode="mostrecent"
+)
+ALERT = Gauge("digitflow_drift_alert", "1 while an alert is raised", [*LABELS, "kind"], multiprocess_mode="mostrecent")
+ACCURACY = Gauge(
+    "digitflow_model_accuracy", "Accuracy from feedback / estimated", [*LABELS, "kind"], multiprocess_mode="mostrecent"
+)
+OUTLIERS = Gauge("digitflow_outlier_rate", "Share of jobs flagged as outliers", LABELS, multiprocess_mode="mostrecent")
+JOBS = Gauge("digitflow_monitored_jobs", "Jobs in the window", LABELS, multiprocess_mode="mostrecent")
+ALERT_KINDS = ("prediction_drift", "confidence_drift", "input_drift", "accuracy_drop", "outlier_rate")
+RETRAIN_KINDS = {
+    "prediction_drift": "drift",
+    "confidence_drift": "drift",
+    "input_drift": "drift",
+    "accuracy_drop": "accuracy",
+}
+
+
+def export(report: dict[str, Any]) -> None:
+    """Set the Prometheus gauges from a report (statistics that are null are left out)."""
+    model = report["model"]
+    for version in report["versions"]:
+        raised = {(a["window"], a["kind"]) for a in version["alerts"]}
+        for window, w in version["windows"].items():
+            labels = (model, version["version"], window)
+            JOBS.labels(*labels).set(w["jobs"])
+            for kind in ALERT_KINDS:
+                ALERT.labels(*labels, kind).set(1 if (window, kind) in raised else 0)
+            for kind, value in (("observed", w["accuracy"]), ("estimated", w["estimated_accuracy"])):
+                if value is not None:
+                    ACCURACY.labels(*labels, kind).set(value)
+            if w["outlier_rate"] is not None:
+                OUTLIERS.labels(*labels).set(w["outlier_rate"])
+            tests = {}
+            if w["prediction_drift"]:
+                tests["chi2"] = (w["prediction_drift"]["chi2"], w["prediction_drift"]["p_value"])
+                tests["psi"] = (w["prediction_drift"]["psi"], None)
+            if w["confidence_drift"]:
+                tests["confidence_ks"] = (w["confidence_drift"]["ks"], w["confidence_drift"]["p_value"])
+            for name, value in (w["input_drift"] or {}).items():
+                if isinstance(value, dict):
+                    tests[name] = (value.get("ks", value.get("mmd")), value["p_value"])
+            for test, (stat, p) in tests.items():
+                STATISTIC.labels(*labels, test).set(stat)
+                if p is not None:
+                    P_VALUE.labels(*labels, test).set(p)
+
+
+def retrain_trigger(report: dict[str, Any]) -> str | None:
+    """ "drift" or "accuracy" when the production version raises such an alert, else None."""
+    for version in report["versions"]:
+        if version["production"]:
+            kinds = [RETRAIN_KINDS[a["kind"]] for a in version["alerts"] if a["kind"] in RETRAIN_KINDS]
+            if kinds:
+                return "accuracy" if "accuracy" in kinds else "drift"
+    return None
+
+
+def maybe_retrain(
+    app: Celery, client: redis.Redis, log: PredictionLog, s: MonitorSettings, report: dict[str, Any]
+) -> bool:
+    """Send ``training.retrain`` when an alert asks for it, enough new labels exist, the cooldown
+    passed and no retrain of the model is queued or running; returns whether it was sent."""
+    trigger = retrain_trigger(report)
+    if trigger is None or not s.auto_retrain:
+        return False
+    model = report["model"]
+    last_id, last_at = retrain_state(client, model)
+    if time.time() - last_at < s.retrain_cooldown_s or log.count_labelled(model, last_id) < s.retrain_min_labels:
+        return False
+    if not take_retrain_lock(client, model):
+        return False
+    app.send_task(TRAINING_RETRAIN, args=({"model": model, "trigger": trigger},), queue=TRAINING_QUEUE)
+    log_event(logger, "retrain_requested", model=model, trigger=trigger)
+    return True
+
+
+def run_monitor(
+    s: MonitorSettings, client: redis.Redis, log: PredictionLog, refs: References, models: list[str] | None = None
+) -> list[dict[str, Any]]:
+    """Compute, store and export the report of ``models`` (default: every model in the registry view)."""
+    view = read_view(client)
+    reports = []
+    for name in models or sorted(view) or list(s.models):
+        entry = view.get(name)
+        production = production_of(entry) if entry else None
+        report = model_report(name, log, functools.partial(refs.get, name), production, s)
+        write_report(client, report)
+        export(report)
+        reports.append(report)
+    return reports
+
+
+def register_tasks(app: Celery, settings: MonitorSettings) -> None:
+    state: dict[str, Any] = {}
+
+    def resources() -> tuple[redis.Redis, PredictionLog, References]:
+        if not state:
+            state.update(client=connect(settings.redis_url), log=PredictionLog(settings.prediction_db_url),
+                         refs=References(settings))  # fmt: skip
+        return state["client"], state["log"], state["refs"]
+
+    @app.task(name=MONITOR_RUN, acks_late=False)
+    def run(payload: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
+        client, log, refs = resources()
+        reports = run_monitor(settings, client, log, refs, payload.get("models"))
+        retrains = [r["model"] for r in reports if maybe_retrain(app, client, log, settings, r)]
+        seconds = round(time.perf_counter() - started, 3)
+        log_event(
+            logger, "monitor_done", models=[r["model"] for r in reports], retrains=retrains, duration_ms=seconds * 1000
+        )
+        return {"models": [r["model"] for r in reports], "retrains": retrains, "seconds": seconds}

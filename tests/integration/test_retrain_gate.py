@@ -1,0 +1,54 @@
+"""Retraining end to end against a real MLflow registry (SQLite) and prediction log: a candidate
+that is worse is registered with its lineage but never promoted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import inference_worker.retrain as retrain_mod
+from digitflow.model_store import RegistryStore
+from digitflow.predlog import PredictionLog
+from digitflow.settings import REPO_ROOT, MonitorSettings
+from inference_worker.datasets import load_mnist_5k
+from inference_worker.net import DigitNet
+
+
+def test_a_worse_candidate_is_registered_with_lineage_but_not_promoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = MonitorSettings(var_dir=tmp_path, retrain_min_labels=50, retrain_epochs=1)
+    store = RegistryStore(s.tracking_uri, s.artifact_root)
+    store.bootstrap(REPO_ROOT / "models")
+    images, labels, held = load_mnist_5k()
+    train = np.setdiff1d(np.arange(len(labels)), held)[:80]
+    log = PredictionLog(s.prediction_db_url)
+    log.append([
+        {"job_id": f"{i:032x}", "model": "digits", "version": "1", "label": int(labels[j]), "classes": 10,
+         "confidence": 0.99, "pixels": images[j].tobytes()}
+        for i, j in enumerate(train)
+    ])  # fmt: skip
+    for i, j in enumerate(train):
+        log.set_feedback(f"{i:032x}", int(labels[j]))
+
+    def untrained_fit(ds: Any, cfg: Any, extra: Any = None, on_batch: Any = None, init: Any = None) -> Any:
+        assert extra is not None and len(extra[1]) >= 56  # the feedback rows travel into training
+        return DigitNet(10).eval(), {"heldout_accuracy": 0.1}, np.zeros((10, 10), np.int64)
+
+    def promote(name: str, version: str) -> dict[str, Any]:
+        raise AssertionError("a worse model must not be promoted")
+
+    monkeypatch.setattr(retrain_mod, "fit", untrained_fit)
+    outcome = retrain_mod.retrain("digits", s, "manual", promote)
+    assert outcome["promoted"] is False and "not better" in outcome["reason"]
+    assert outcome["new_version"] == "2" and outcome["feedback_rows"] == 56 and outcome["recent_rows"] == 24
+    assert outcome["production"]["recent"] > 0.9 > outcome["new"]["recent"]
+    assert store.alias("digits") == "1"
+    tags = store.client.get_model_version("digits", "2")
+    run = store.client.get_run(tags.run_id)
+    assert run.data.params["feedback_rows"] == "56" and run.data.params["trigger"] == "manual"
+    with pytest.raises(ValueError, match="needs 500"):
+        retrain_mod.retrain("digits", s, "manual", promote, min_labels=500)

@@ -1,0 +1,82 @@
+"""The shipped outlier detector, the postprocess verdict and policy, and the retrain gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from digitflow.errors import ConfigurationError
+from digitflow.reference import fit_detector, ink_stats, load_reference
+from digitflow.settings import CoreSettings, MonitorSettings
+from inference_worker.retrain import gate
+from postprocess_worker.steps import apply_detector, log_row, summarize
+from preprocess_worker.steps import ink_stats as preprocess_ink_stats
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion"])
+def test_shipped_versions_have_a_reference(name: str) -> None:
+    ref = load_reference(ROOT / "models" / name / "1")
+    assert ref is not None and ref.threshold > 0 and 0.1 < ref.temperature < 10
+    assert ref.class_means.shape == (10, 128) and ref.precision.shape == (128, 128)
+    assert ref.embeddings.shape == (500, 128) and ref.embeddings.dtype == np.float16
+    assert ref.class_freq.sum() == pytest.approx(1.0) and len(ref.maxprob) == 500
+
+
+def test_mahalanobis_detector_flags_points_far_from_every_class() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    feats = rng.normal(0, 1, (600, 8)) + labels[:, None] * 5.0
+    means, precision = fit_detector(feats, labels, 3)
+    ref = load_reference(ROOT / "models" / "digits" / "1")
+    assert ref is not None
+    ref.class_means, ref.precision = means, precision
+    near = ref.scores(np.array([[0.0] * 8, [5.0] * 8]))
+    far = ref.scores(np.array([[40.0] * 8]))
+    assert near.max() < 30 and far[0] > 1000
+
+
+def test_ink_stats_match_the_preprocess_definition() -> None:
+    img = np.zeros((28, 28), np.uint8)
+    img[4:24, 10:16] = 200
+    mine = ink_stats(img.tobytes())
+    theirs = preprocess_ink_stats(img)
+    assert mine == pytest.approx((theirs["ink_ratio"], theirs["mean_intensity"], theirs["aspect"]))
+
+
+def test_detector_replaces_low_confidence_signal_and_reject_policy_drops_the_label() -> None:
+    item = {"job_id": "a" * 32, "model": "digits", "logits": [5.0] + [0.0] * 9, "outlier_score": 300.0,
+            "outlier_threshold": 229.0, "temperature": 0.5, "ink": [0.2, 0.1, 0.7], "pixels": bytes(784)}  # fmt: skip
+    flagged = apply_detector(summarize(item["logits"]), item, "flag")  # type: ignore[arg-type]
+    assert flagged["outlier"] is True and flagged["label"] == 0 and flagged["outlier_score"] == 300.0
+    rejected = apply_detector({**summarize(item["logits"]), "class": "0"}, item, "reject")  # type: ignore[arg-type]
+    assert rejected["label"] is None and rejected["class"] is None
+    inlier = apply_detector(summarize(item["logits"]), {**item, "outlier_score": 10.0}, "reject")  # type: ignore[arg-type]
+    assert inlier["outlier"] is False and inlier["label"] == 0
+    row = log_row(item, flagged, 0)  # type: ignore[arg-type]
+    assert row["calibrated"] > flagged["confidence"] and row["ink_ratio"] == 0.2 and row["outlier"] is True
+
+
+def test_retrain_gate_refuses_a_worse_model() -> None:
+    prod = {"heldout": 0.99, "recent": 0.88}
+    ok, reason = gate({"heldout": 0.985, "recent": 0.97}, prod, margin=0.01)
+    assert ok and "better" in reason
+    worse_recent, reason = gate({"heldout": 0.99, "recent": 0.85}, prod, margin=0.01)
+    assert not worse_recent and "not better" in reason
+    tie, _ = gate({"heldout": 0.99, "recent": 0.88}, prod, margin=0.01)
+    assert not tie
+    forgets, reason = gate({"heldout": 0.97, "recent": 0.99}, prod, margin=0.01)
+    assert not forgets and "loses more than 0.01" in reason
+
+
+def test_monitoring_settings_are_validated() -> None:
+    s = MonitorSettings.from_env({"WINDOW_SCALE": "0.01", "OUTLIER_POLICY": "reject", "RETRAIN_MIN_LABELS": "7"})
+    assert s.window_scale == 0.01 and s.outlier_policy == "reject" and s.retrain_min_labels == 7
+    assert s.prediction_db_url.startswith("sqlite:///") and s.prediction_db_url.endswith("predictions.db")
+    assert CoreSettings(database_url="postgresql+psycopg://u:p@db/x").prediction_db_url.startswith("postgresql")
+    for bad in ({"OUTLIER_POLICY": "drop"}, {"P_VALUE": "1.5"}, {"PERMUTATIONS": "5"}, {"BUCKET_S": "0"}):
+        with pytest.raises(ConfigurationError):
+            MonitorSettings.from_env(bad)
