@@ -22,24 +22,14 @@ from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from digitflow.errors import InvalidMessageError, ModelUnavailableError
+from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE
 from digitflow.reference import Reference, load_reference
 from inference_worker.net import EMBEDDING_DIM, DigitNet
 
-WEIGHTS_FILE = "weights.safetensors"
-METADATA_FILE = "model.json"
 SIDE = 28
 PIXELS = SIDE * SIDE
 # Architectures a model.json may name, each built from its number of classes.
 ARCHITECTURES: dict[str, type[DigitNet]] = {"DigitNet": DigitNet}
-
-
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file's bytes. Raises OSError if it cannot be read."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LoadedModel:

@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor
 
+from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE, sha256_file
 from inference_worker.augment import AugmentConfig, augment
 from inference_worker.datasets import Dataset, load_dataset, read_idx
-from inference_worker.model import METADATA_FILE, WEIGHTS_FILE, sha256_file
 from inference_worker.net import DigitNet
 
 log = logging.getLogger("inference_worker.train")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from digitflow.errors import InvalidMessageError, ModelUnavailableError
-from inference_worker.model import METADATA_FILE, WEIGHTS_FILE, LoadedModel, load_model, sha256_file
+from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE, sha256_file
+from inference_worker.model import LoadedModel, load_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "models" / "digits" / "1"
