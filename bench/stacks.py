@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -103,9 +103,6 @@ def digitflow_stack(var_dir: Path, env: Mapping[str, str], ready_timeout_s: floa
     port, gateway_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     metrics_ports = (free_port(), free_port(), free_port())
-    options: dict[str, object] = {}
-    if "registry" in {f.name for f in fields(StackConfig)}:
-        options["registry"] = False  # the model registry is not on a job's path: not measured
     config = StackConfig(
         var_dir=var_dir,
         redis_url=redis_url,
@@ -114,7 +111,7 @@ def digitflow_stack(var_dir: Path, env: Mapping[str, str], ready_timeout_s: floa
         workers=WORKERS,
         flower=False,
         env=dict(env),
-        **options,  # type: ignore[arg-type]
+        registry=False,  # the model registry is not on a job's path: not measured
     )
     specs = [redis_spec(var_dir, port), *build_specs(config)]
     supervisor = Supervisor(specs, var_dir / "log", restart=False)
