@@ -11,8 +11,9 @@ label) on FEEDBACK of the jobs:
    until the monitor has raised a drift alert, retrained and promoted a new version;
 3. after: fresh shifted digits (never sent before), served by the new version.
 
-Prints and saves ``var/drift-demo/drift_demo.json`` and ``drift_demo.png`` (accuracy over time,
-the shift, the detection, the promotion).
+Prints and saves ``var/drift-demo/drift_demo.json`` (with every job) and ``drift_demo.png``
+(accuracy over time, the shift, the detection, the retrain's start, the promotion); the summary
+and the plot are also copied to ``bench/results/``.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port
 from inference_worker.datasets import load_mnist_5k
 
 VAR = REPO_ROOT / "var" / "drift-demo"
+RESULTS = REPO_ROOT / "bench" / "results"
 RATE, FEEDBACK, CLIENTS = 10.0, 0.5, 4
 ANGLE, THICK = -30, 7
-N_NORMAL, N_AFTER, MAX_SHIFTED = 300, 400, 4000
+N_NORMAL, N_AFTER, MAX_SHIFTED = 500, 1000, 4000
 ENV = {
     "MONITOR_INTERVAL_S": "3", "WINDOW_SCALE": str(30 / 3600), "BUCKET_S": "5", "MAX_BUCKETS": "120",
     "MIN_JOBS": "60", "SAMPLE_SIZE": "200", "RETRAIN_MIN_LABELS": "700", "RETRAIN_EPOCHS": "4",
@@ -123,7 +125,8 @@ def plot(result: dict[str, Any], records: list[dict[str, Any]], path: Path) -> N
         ys.append(np.mean([r["label"] == r["truth"] for r in chunk]))
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot(xs, ys, label="accuracy (rolling 50 jobs)")
-    for key, colour in (("shift_at", "orange"), ("detected_at", "red"), ("promoted_at", "green")):
+    marks = (("shift_at", "orange"), ("detected_at", "red"), ("retrain_started_at", "purple"), ("promoted_at", "green"))
+    for key, colour in marks:
         if result.get(key):
             ax.axvline(result[key] - t0, color=colour, linestyle="--", label=key.replace("_at", ""))
     ax.set_xlabel("seconds")
@@ -221,6 +224,7 @@ def _scenario(base: str, sup: Supervisor) -> dict[str, Any]:
         shifted_jobs_before_detection=sum(r["t"] <= detected_at for r in shifted) if detected_at else None,
         detected_kinds=state["detected"][1] if state["detected"] else None,
         shift_at=state["shift_at"], detected_at=detected_at, promoted_at=state["promoted"],
+        retrain_started_at=promoted["at"] if promoted else None,
         retraining=state["retraining"],
         after_accuracy=accuracy([r for r in recs if r["phase"] == "after"]),
         after_versions=sorted({str(r.get("version")) for r in recs if r["phase"] == "after"}),
@@ -232,6 +236,9 @@ def _scenario(base: str, sup: Supervisor) -> dict[str, Any]:
     )  # fmt: skip
     (VAR / "drift_demo.json").write_text(json.dumps({**result, "records": recs}, indent=1, default=str))
     plot(result, recs, VAR / "drift_demo.png")
+    # The summary and the plot are kept with the other benchmark results (the records stay in var/).
+    (RESULTS / "drift_demo.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    shutil.copyfile(VAR / "drift_demo.png", RESULTS / "drift_demo.png")
     print(json.dumps(result, indent=2, default=str))
     print(f"saved {VAR / 'drift_demo.json'} and {VAR / 'drift_demo.png'}")
     return result

@@ -85,7 +85,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     outcome = run_retrain(args.name, "manual", MonitorSettings.from_env(), args.min_labels, args.epochs)
     print(json.dumps(outcome, indent=2, default=str))
-    return 0 if outcome.get("new_version") else 1
+    return 0 if outcome and outcome.get("new_version") else 1
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:

@@ -6,7 +6,9 @@ the retraining history the gateway, the CLI and Prometheus read.
 - ``df:monitor:since:<model>``: hash ``version|kind|window`` -> when that alert started;
 - ``df:monitor:retrain:<model>``: list of retraining outcomes, newest first (at most 50);
 - ``df:monitor:retrain-state:<model>``: the last prediction-log row a retrain used, and when;
-- ``df:monitor:retrain-lock:<model>``: held while a retrain is queued or running.
+- ``df:monitor:retrain-lock:<model>``: held while a retrain is queued or running;
+- ``df:monitor:retrain-claim:<token>``: taken by the first delivery of one retrain request;
+- ``df:monitor:pruned:<model>``: the prediction log's input cut-off the last prune reached.
 """
 
 from __future__ import annotations
@@ -67,9 +69,32 @@ def set_retrain_state(client: redis.Redis, model: str, last_id: int, at: float |
     client.hset(f"{PREFIX}retrain-state:{model}", mapping={"last_id": last_id, "at": time.time() if at is None else at})
 
 
-def take_retrain_lock(client: redis.Redis, model: str, ttl_s: int = 3600) -> bool:
-    return bool(client.set(f"{PREFIX}retrain-lock:{model}", "1", nx=True, ex=ttl_s))
+def take_retrain_lock(client: redis.Redis, model: str, token: str, ttl_s: int = 3600) -> bool:
+    return bool(client.set(f"{PREFIX}retrain-lock:{model}", token, nx=True, ex=ttl_s))
 
 
-def release_retrain_lock(client: redis.Redis, model: str) -> None:
-    client.delete(f"{PREFIX}retrain-lock:{model}")
+def claim_retrain(client: redis.Redis, token: str, ttl_s: int = 86400) -> bool:
+    """True for the first delivery of the retrain request ``token``, False for any copy.
+
+    Redis redelivers a message still unacknowledged after the visibility timeout, and with the
+    solo pool even an early acknowledgement waits for the task to end: a retrain longer than
+    VISIBILITY_TIMEOUT_S comes back once it finishes. The claim makes that copy a no-op.
+    """
+    return bool(client.set(f"{PREFIX}retrain-claim:{token}", "1", nx=True, ex=ttl_s))
+
+
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def release_retrain_lock(client: redis.Redis, model: str, token: str) -> None:
+    """Release the lock if ``token`` still holds it (never a newer request's lock)."""
+    client.eval(_RELEASE, 1, f"{PREFIX}retrain-lock:{model}", token)
+
+
+def pruned_until(client: redis.Redis, model: str) -> float:
+    raw = cast(bytes | None, client.get(f"{PREFIX}pruned:{model}"))
+    return 0.0 if raw is None else float(raw)
+
+
+def set_pruned_until(client: redis.Redis, model: str, at: float) -> None:
+    client.set(f"{PREFIX}pruned:{model}", repr(at))

@@ -159,12 +159,19 @@ def series(
     return out
 
 
-def accuracy_by_age(rows: Sequence[Any], deployed_at: float | None, scale: float) -> list[dict[str, Any]]:
+def accuracy_by_age(
+    log: PredictionLog, model: str, version: str, deployed_at: float | None, scale: float
+) -> list[dict[str, Any]]:
+    """Accuracy from feedback by the version's age when the job ran (day 1, week 1, ...),
+    counted in SQL over every row the log keeps, however old."""
     out = []
     for name, lo, hi in AGES:
-        group = [] if deployed_at is None else [r for r in rows if lo * scale <= r.at - deployed_at < hi * scale]
-        labelled, acc = _accuracy(group)
-        out.append({"age": name, "labelled": labelled, "accuracy": acc})
+        labelled, correct = (
+            (0, 0)
+            if deployed_at is None
+            else log.accuracy_between(model, version, deployed_at + lo * scale, deployed_at + hi * scale)
+        )
+        out.append({"age": name, "labelled": labelled, "accuracy": correct / labelled if labelled else None})
     return out
 
 
@@ -204,11 +211,7 @@ def model_report(
                                                     "temperature": ref.temperature},
             "windows": windows,
             "series": series(mine, ref, s, now, classes),
-            "accuracy_by_age": accuracy_by_age(
-                [r for r in log.window(model, deployed_at or now)
-                 if str(r.version) == version and r.true_label is not None],
-                deployed_at, s.window_scale,
-            ),
+            "accuracy_by_age": accuracy_by_age(log, model, version, deployed_at, s.window_scale),
             "alerts": alerts,
         })  # fmt: skip
     return {"model": model, "generated_at": now, "thresholds": thresholds(s), "versions": out}

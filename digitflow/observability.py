@@ -1,9 +1,9 @@
 """JSON logging and Prometheus metrics, the same shape in every service.
 
 Each log line is one JSON object with ``service``, ``event`` and, where they apply, ``job_id``,
-``stage``, ``duration_ms`` and ``error_code``. Metrics use prometheus_client's multiprocess mode
-because gunicorn and Celery's prefork pool spread one service over several processes; the
-service's HTTP endpoint aggregates them.
+``stage``, ``duration_ms`` and ``error_code``, plus every other field the event was logged with.
+Metrics use prometheus_client's multiprocess mode because gunicorn and Celery's prefork pool
+spread one service over several processes; the service's HTTP endpoint aggregates them.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
-_CONTEXT_FIELDS = (
-    "job_id", "stage", "event", "duration_ms", "error_code", "batch_id", "batch_size", "model", "version", "deploy_id",
-)  # fmt: skip
+# What every LogRecord carries; anything else on a record came from ``extra=`` (log_event's fields).
+# Celery's ``data`` is left out: it holds the repr of a task's arguments, a whole batch.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "data"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,9 +37,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in _CONTEXT_FIELDS:
-            value = record.__dict__.get(name)
-            if value is not None:
+        for name, value in record.__dict__.items():
+            if name not in _RECORD_ATTRS and value is not None and name not in line:
                 line[name] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)

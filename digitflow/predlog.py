@@ -5,6 +5,11 @@ several worker processes and the gateway write side by side; PostgreSQL in compo
 postprocess stage appends a whole batch in one transaction; a redelivered batch inserts nothing
 twice (``job_id`` is unique, conflicts are ignored). Rows keep the 28x28 input (784 bytes) and
 the penultimate embedding (128 float16), so the monitor and retraining need no image store.
+
+Retention (:meth:`PredictionLog.prune`, run by the monitor): the input and embedding of a row
+nobody labelled are dropped after PIXELS_RETENTION_DAYS (feedback then answers 409
+input_gone); labelled rows keep theirs, they are the retraining data. Whole rows go after
+PREDICTIONS_RETENTION_DAYS. Accuracy by age is counted in SQL, so it covers every row kept.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    case,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -86,6 +93,10 @@ class PredictionLog:
         self.engine = make_engine(url)
         metadata.create_all(self.engine, checkfirst=True)
 
+    def close(self) -> None:
+        """Close the pooled connections (PostgreSQL's are sockets a server counts)."""
+        self.engine.dispose()
+
     def _insert(self) -> Any:
         if self.engine.dialect.name == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -111,14 +122,18 @@ class PredictionLog:
             return conn.execute(select(predictions).where(predictions.c.job_id == job_id)).first()
 
     def set_feedback(self, job_id: str, label: int) -> bool:
-        """Record (or replace) the true label of a logged job; False if the job has no row."""
+        """Record (or replace) the true label of a logged job; False if the job has no row.
+        Sending the same label again changes nothing (not even when it counts as recent)."""
+        c = predictions.c
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(predictions)
-                .where(predictions.c.job_id == job_id)
+                .where(c.job_id == job_id, c.true_label.is_distinct_from(label))
                 .values(true_label=label, feedback_at=time.time())
             )
-        return bool(done.rowcount)
+            if done.rowcount:
+                return True
+            return conn.execute(select(c.id).where(c.job_id == job_id)).first() is not None
 
     def window(self, model: str, since: float, until: float | None = None, limit: int = 50_000) -> list[Row[Any]]:
         """Scalar columns (no pixels or embeddings) of the most recent rows in [since, until)."""
@@ -164,3 +179,49 @@ class PredictionLog:
         c = predictions.c
         with self.engine.connect() as conn:
             return conn.execute(select(func.min(c.at)).where(c.model == model, c.version == version)).scalar()
+
+    def accuracy_between(self, model: str, version: str, since: float, until: float) -> tuple[int, int]:
+        """(labelled, correct) rows of ``model`` ``version`` logged in [since, until), counted in SQL."""
+        c = predictions.c
+        query = select(
+            func.count(c.true_label), func.coalesce(func.sum(case((c.label == c.true_label, 1), else_=0)), 0)
+        ).where(c.model == model, c.version == version, c.at >= since, c.at < until, c.true_label.is_not(None))
+        with self.engine.connect() as conn:
+            labelled, correct = conn.execute(query).one()
+        return int(labelled), int(correct)
+
+    def models(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return sorted(str(r[0]) for r in conn.execute(select(predictions.c.model).distinct()))
+
+    def prune(
+        self, model: str, since: float, inputs_before: float, rows_before: float, batch: int = 5000
+    ) -> dict[str, int]:
+        """Drop the inputs and embeddings of unlabelled rows of ``model`` logged in [since,
+        inputs_before), and delete its rows older than ``rows_before``; in batches of ``batch``
+        rows, each its own transaction, so writers are never blocked for long.
+
+        ``since`` is the previous call's ``inputs_before``: each call only scans the rows that
+        aged past the cut-off since, not everything already pruned. Returns the counts.
+        """
+        c = predictions.c
+        old = select(c.id).where(c.model == model, c.at < rows_before)
+        rows = self._in_batches(lambda ids: delete(predictions).where(c.id.in_(ids)), old, batch)
+        stale = select(c.id).where(
+            c.model == model, c.at >= since, c.at < inputs_before, c.true_label.is_(None), c.pixels.is_not(None)
+        )
+        inputs = self._in_batches(
+            lambda ids: update(predictions).where(c.id.in_(ids)).values(pixels=None, embedding=None), stale, batch
+        )
+        return {"inputs_dropped": inputs, "rows_deleted": rows}
+
+    def _in_batches(self, statement: Any, ids: Any, batch: int) -> int:
+        done = 0
+        while True:
+            with self.engine.begin() as conn:
+                chunk = [r[0] for r in conn.execute(ids.limit(batch))]
+                if chunk:
+                    conn.execute(statement(chunk))
+            done += len(chunk)
+            if len(chunk) < batch:
+                return done

@@ -268,6 +268,11 @@ class MonitorSettings(WorkerSettings):
     retrain_margin: float = 0.01
     retrain_epochs: int = 6
     retrain_cooldown_s: float = 3600.0
+    # Retention of the prediction log (0: keep forever): the inputs and embeddings of unlabelled
+    # rows go after PIXELS_RETENTION_DAYS (labelled ones are the retraining data and stay), whole
+    # rows after PREDICTIONS_RETENTION_DAYS (beyond "quarter 1", the oldest accuracy-by-age bucket).
+    pixels_retention_days: float = 30.0
+    predictions_retention_days: float = 400.0
 
     def validate(self) -> None:
         super().validate()
@@ -277,3 +282,8 @@ class MonitorSettings(WorkerSettings):
             raise ConfigurationError("P_VALUE and RETRAIN_HOLDBACK must be in (0, 1)")
         if self.sample_size < 20 or self.permutations < 20:
             raise ConfigurationError("SAMPLE_SIZE and PERMUTATIONS must be >= 20")
+        week = 7 * self.window_scale
+        for key, days in (("PIXELS", self.pixels_retention_days), ("PREDICTIONS", self.predictions_retention_days)):
+            # The 7d window's input drift needs the embeddings of the whole window.
+            if days < 0 or 0 < days < week:
+                raise ConfigurationError(f"{key}_RETENTION_DAYS must be 0 (keep) or >= {week:g} (the 7d window)")

@@ -3,7 +3,7 @@
 The candidate starts from production's weights and is fine-tuned on the model's base training
 data plus the labelled, non-outlier inputs of the prediction log (all but the most recent
 RETRAIN_HOLDBACK share of them, which is held back for evaluation; the feedback rows are
-repeated so that they make up about a third of each epoch). It is registered in MLflow with its
+repeated so that they make up about half of each epoch). It is registered in MLflow with its
 lineage (which feedback rows, how many), with its own outlier detector and reference, and
 promoted only when the gate passes: strictly better than production on the held-back recent
 feedback, and at most RETRAIN_MARGIN worse on the fixed held-out split.
@@ -25,7 +25,13 @@ import torch
 from safetensors.torch import load_file
 
 from digitflow.model_store import RegistryStore
-from digitflow.monitor_store import record_retrain, release_retrain_lock, retrain_state, set_retrain_state
+from digitflow.monitor_store import (
+    claim_retrain,
+    record_retrain,
+    release_retrain_lock,
+    retrain_state,
+    set_retrain_state,
+)
 from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
@@ -40,7 +46,9 @@ from inference_worker.train import TrainConfig, evaluate, fit, model_metadata, t
 
 log = logging.getLogger("inference_worker.retrain")
 Promote = Callable[[str, str], dict[str, Any]]
-FEEDBACK_SHARE = 0.33
+# Half of each epoch is feedback: replaying the drift demo's shift offline (1,000 fresh shifted
+# digits), a third recovered 97.7-98.2% of them and a half 98.5%, for 0.1 point of held-out accuracy.
+FEEDBACK_SHARE = 0.5
 
 
 def accuracy(net: DigitNet, x: np.ndarray, y: np.ndarray) -> float:
@@ -136,10 +144,19 @@ def retrain(
 
 
 def run_retrain(
-    name: str, trigger: str, s: MonitorSettings, min_labels: int | None = None, epochs: int | None = None
-) -> dict[str, Any]:
+    name: str,
+    trigger: str,
+    s: MonitorSettings,
+    min_labels: int | None = None,
+    epochs: int | None = None,
+    token: str | None = None,
+) -> dict[str, Any] | None:
     """Retrain ``name``, promote through the registry service (or directly when none runs),
-    record the outcome in the model's retraining history and release the retrain lock."""
+    record the outcome in the model's retraining history and release the retrain lock.
+
+    ``token``: the monitor's request id; a redelivered copy of a request already run (or
+    running) returns None and changes nothing.
+    """
     from digitflow.cli_models import registry_action
 
     def promote(model: str, version: str) -> dict[str, Any]:
@@ -150,6 +167,9 @@ def run_retrain(
         registry_action(s, REGISTRY_SYNC, {"names": [model]}, lambda d: {"models": d.sync([model])})
 
     client = connect(s.redis_url)
+    if token is not None and not claim_retrain(client, token):
+        log_event(log, "retrain_duplicate_ignored", logging.WARNING, model=name, token=token)
+        return None
     try:
         outcome = retrain(name, s, trigger, promote, registered, min_labels, epochs)
         set_retrain_state(client, name, int(outcome["last_row_id"]))
@@ -158,7 +178,8 @@ def run_retrain(
                    "reason": f"failed: {type(exc).__name__}: {exc}"[:400]}  # fmt: skip
         set_retrain_state(client, name, retrain_state(client, name)[0])  # the cooldown starts anyway
     finally:
-        release_retrain_lock(client, name)
+        if token is not None:  # a manual run (no token) leaves the monitor's lock alone
+            release_retrain_lock(client, name, token)
     record_retrain(client, name, outcome)
     log_event(log, "retrain_done", model=name, promoted=outcome["promoted"], reason=outcome["reason"])
     return outcome

@@ -20,5 +20,8 @@ app = create_worker_app("training", TRAINING_QUEUE, settings)
 
 
 @app.task(name=TRAINING_RETRAIN, acks_late=False)
-def retrain_task(payload: dict[str, Any]) -> dict[str, Any]:
-    return run_retrain(str(payload["model"]), str(payload.get("trigger", "manual")), settings)
+def retrain_task(payload: dict[str, Any]) -> dict[str, Any] | None:
+    token = payload.get("token")
+    return run_retrain(
+        str(payload["model"]), str(payload.get("trigger", "manual")), settings, token=str(token) if token else None
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from typing import Any
 
 import redis
@@ -14,7 +15,7 @@ from celery import Celery
 from prometheus_client import Gauge
 
 from digitflow.model_view import production_of, read_view
-from digitflow.monitor_store import retrain_state, take_retrain_lock, write_report
+from digitflow.monitor_store import pruned_until, retrain_state, set_pruned_until, take_retrain_lock, write_report
 from digitflow.monitoring import model_report
 from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
@@ -98,9 +99,11 @@ def maybe_retrain(
     last_id, last_at = retrain_state(client, model)
     if time.time() - last_at < s.retrain_cooldown_s or log.count_labelled(model, last_id) < s.retrain_min_labels:
         return False
-    if not take_retrain_lock(client, model):
+    token = uuid.uuid4().hex
+    if not take_retrain_lock(client, model, token):
         return False
-    app.send_task(TRAINING_RETRAIN, args=({"model": model, "trigger": trigger},), queue=TRAINING_QUEUE)
+    payload = {"model": model, "trigger": trigger, "token": token}
+    app.send_task(TRAINING_RETRAIN, args=(payload,), queue=TRAINING_QUEUE)
     log_event(logger, "retrain_requested", model=model, trigger=trigger)
     return True
 
@@ -121,6 +124,22 @@ def run_monitor(
     return reports
 
 
+def prune_log(s: MonitorSettings, client: redis.Redis, log: PredictionLog, now: float | None = None) -> dict[str, Any]:
+    """Apply the retention settings to every model in the log; returns the counts per model."""
+    now = time.time() if now is None else now
+    out = {}
+    for model in log.models():
+        since = pruned_until(client, model)
+        inputs_before = now - s.pixels_retention_days * 86400 if s.pixels_retention_days else since
+        rows_before = now - s.predictions_retention_days * 86400 if s.predictions_retention_days else 0.0
+        counts = log.prune(model, since, max(since, inputs_before), rows_before)
+        set_pruned_until(client, model, max(since, inputs_before))
+        if any(counts.values()):
+            log_event(logger, "prediction_log_pruned", model=model, **counts)
+        out[model] = counts
+    return out
+
+
 def register_tasks(app: Celery, settings: MonitorSettings) -> None:
     state: dict[str, Any] = {}
 
@@ -136,6 +155,7 @@ def register_tasks(app: Celery, settings: MonitorSettings) -> None:
         client, log, refs = resources()
         reports = run_monitor(settings, client, log, refs, payload.get("models"))
         retrains = [r["model"] for r in reports if maybe_retrain(app, client, log, settings, r)]
+        prune_log(settings, client, log)
         seconds = round(time.perf_counter() - started, 3)
         log_event(
             logger, "monitor_done", models=[r["model"] for r in reports], retrains=retrains, duration_ms=seconds * 1000

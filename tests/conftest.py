@@ -6,8 +6,10 @@ Tests never use the machine's own Redis: each session starts a redis-server on a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,3 +81,54 @@ def wait_until(predicate: object, timeout_s: float = 30.0, interval_s: float = 0
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def prediction_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh prediction-log database: SQLite in a temporary folder, or a private database on
+    the PostgreSQL at TEST_POSTGRES_URL (compose's engine; skipped, with the reason, where none
+    is reachable), dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'predictions.db'}"
+        return
+    url = create_postgres_database()
+    if url is None:
+        pytest.skip(f"no PostgreSQL (or no psycopg) at {POSTGRES_ADMIN_URL}")
+    yield url
+    drop_postgres_database(url)
+
+
+def create_postgres_database() -> str | None:
+    """Create a private database next to TEST_POSTGRES_URL's and return its URL; None where no
+    PostgreSQL is reachable or psycopg is missing."""
+    try:
+        import psycopg  # noqa: F401  (the driver the URL names)
+    except ImportError:
+        return None
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    name = f"digitflow_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError:
+        return None
+    finally:
+        admin.dispose()
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()

@@ -83,8 +83,10 @@ def start_stack(
     env: Mapping[str, str] | None = None,
     workers: Mapping[str, int] | None = None,
     extra_specs: Callable[[StackConfig], list[ServiceSpec]] | None = None,
+    monitoring: bool = False,
 ) -> Stack:
-    """Start the stack ``make run`` starts (gateway, workers, registry service), plus any
+    """Start the stack ``make run`` starts (gateway, workers, registry service; with
+    ``monitoring``, the monitor worker, its beat and the training worker too), plus any
     ``extra_specs(config)`` (e.g. an inference worker on a model's own queue)."""
     config = StackConfig(
         var_dir=var_dir,
@@ -93,6 +95,8 @@ def start_stack(
         metrics_ports=(free_port(), free_port(), free_port()),
         workers=workers or {"preprocess": 1, "inference": 1, "postprocess": 1},
         flower=False,
+        monitoring=monitoring,
+        monitor_metrics_port=free_port() if monitoring else 0,
         env={"HEARTBEAT_INTERVAL_S": "0.5", "HEARTBEAT_TTL_S": "3", **(env or {})},
     )
     specs = build_specs(config) + (extra_specs(config) if extra_specs else [])

@@ -11,7 +11,9 @@ import pytest
 
 import inference_worker.retrain as retrain_mod
 from digitflow.model_store import RegistryStore
+from digitflow.monitor_store import release_retrain_lock, retrain_history, take_retrain_lock
 from digitflow.predlog import PredictionLog
+from digitflow.redis_client import connect
 from digitflow.settings import REPO_ROOT, MonitorSettings
 from inference_worker.datasets import load_mnist_5k
 from inference_worker.net import DigitNet
@@ -52,3 +54,21 @@ def test_a_worse_candidate_is_registered_with_lineage_but_not_promoted(
     assert run.data.params["feedback_rows"] == "56" and run.data.params["trigger"] == "manual"
     with pytest.raises(ValueError, match="needs 500"):
         retrain_mod.retrain("digits", s, "manual", promote, min_labels=500)
+
+
+def test_a_redelivered_retrain_request_runs_once(tmp_path: Path, redis_url: str) -> None:
+    """Redis hands an unacknowledged message out again after VISIBILITY_TIMEOUT_S; a retrain
+    longer than that comes back. The request's token makes the copy a no-op, and the lock is
+    released only by the request that holds it."""
+    client = connect(redis_url)
+    s = MonitorSettings(redis_url=redis_url, var_dir=tmp_path, retrain_min_labels=50)
+    assert take_retrain_lock(client, "digits", "token-a")
+    first = retrain_mod.run_retrain("digits", "drift", s, token="token-a")
+    assert first is not None and first["promoted"] is False and "retraining needs 50" in first["reason"]
+    assert retrain_mod.run_retrain("digits", "drift", s, token="token-a") is None  # the redelivered copy
+    assert [o["trigger"] for o in retrain_history(client, "digits")] == ["drift"]
+    assert take_retrain_lock(client, "digits", "token-b")  # released by token-a's run
+    assert retrain_mod.run_retrain("digits", "manual", s) is not None  # manual: no token
+    release_retrain_lock(client, "digits", "token-a")  # not token-a's lock any more
+    assert not take_retrain_lock(client, "digits", "token-c")
+    assert len(retrain_history(client, "digits")) == 2
