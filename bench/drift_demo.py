@@ -33,7 +33,7 @@ from PIL import Image, ImageFilter
 
 from digitflow.cli import _bootstrap_registry
 from digitflow.settings import REPO_ROOT
-from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec, wait_for_redis
+from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
 from inference_worker.datasets import load_mnist_5k
 
 VAR = REPO_ROOT / "var" / "drift-demo"
@@ -148,13 +148,9 @@ def main() -> dict[str, Any]:
     )  # fmt: skip
     _bootstrap_registry(cfg)
     sup = Supervisor([redis, *build_specs(cfg)], VAR / "log")
-    sup.start(redis)
-    wait_for_redis(cfg.redis_url)
-    for spec in sup.specs[1:]:
-        sup.start(spec)
-    base = f"http://127.0.0.1:{cfg.gateway_port}"
     try:
-        return _scenario(base, sup)
+        sup.start_all(cfg.redis_url)
+        return _scenario(f"http://127.0.0.1:{cfg.gateway_port}", sup)
     finally:
         sup.close()
 

@@ -43,7 +43,7 @@ from digitflow.model_view import SERVERS, read_view
 from digitflow.redis_client import connect
 from digitflow.registry_client import RegistryClient
 from digitflow.settings import REPO_ROOT, CoreSettings
-from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec, wait_for_redis
+from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
 from digitflow.tasks import REGISTRY_SYNC
 
 WORKERS = {"preprocess": 2, "inference": 1, "postprocess": 1}  # what `make run` starts
@@ -80,10 +80,7 @@ def stack_with_registry(var_dir: Path, env: dict[str, str]) -> Iterator[Stack]:
     specs = [redis_spec(var_dir, port), *build_specs(config)]
     supervisor = Supervisor(specs, var_dir / "log", restart=False)
     try:
-        supervisor.start(specs[0])
-        wait_for_redis(redis_url)
-        for spec in specs[1:]:
-            supervisor.start(spec)
+        supervisor.start_all(redis_url)
         stack = Stack(f"http://127.0.0.1:{gateway_port}", redis_url, supervisor)
         wait_until("the stack to be ready", lambda: ready(stack.url), 90)
         yield stack

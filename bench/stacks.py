@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.monolith import monolith_spec
-from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec, wait_for_redis
+from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
 
 # Per-stage pool sizes of the digitflow scenarios (what ``make run`` starts by default).
 WORKERS = {"preprocess": 2, "inference": 1, "postprocess": 1}
@@ -116,10 +116,7 @@ def digitflow_stack(var_dir: Path, env: Mapping[str, str], ready_timeout_s: floa
     specs = [redis_spec(var_dir, port), *build_specs(config)]
     supervisor = Supervisor(specs, var_dir / "log", restart=False)
     try:
-        supervisor.start(specs[0])
-        wait_for_redis(redis_url)
-        for spec in specs[1:]:
-            supervisor.start(spec)
+        supervisor.start_all(redis_url)
         services = {name: run.proc.pid for name, run in supervisor.running.items()}
         url = f"http://127.0.0.1:{gateway_port}"
         metrics = [f"{url}/metrics", *(f"http://127.0.0.1:{p}/metrics" for p in metrics_ports)]

@@ -78,7 +78,7 @@ def cmd_job(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from digitflow.redis_client import is_reachable
-    from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec, wait_for_redis
+    from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
 
     var_dir = Path(os.environ.get("VAR_DIR", Path.cwd() / "var")).resolve()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -117,11 +117,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        if specs:
-            sup.start(specs[0])
-            wait_for_redis(redis_url)
-        for spec in sup.specs[len(specs) :]:
-            sup.start(spec)
+        sup.start_all(redis_url)
         base = f"http://127.0.0.1:{args.port}"
         deadline, ready = time.monotonic() + args.ready_timeout, False
         while not stop["now"] and not ready and time.monotonic() < deadline:

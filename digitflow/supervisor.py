@@ -206,9 +206,13 @@ class Supervisor:
         self.running[spec.name] = _Running(spec, proc, log, time.monotonic())
         self.event("started", name=spec.name, pid=proc.pid)
 
-    def start_all(self) -> None:
+    def start_all(self, redis_url: str | None = None) -> None:
+        """Start every service in order; with ``redis_url``, wait after a private Redis (the
+        spec named ``redis``) until it answers, so the services after it connect at once."""
         for spec in self.specs:
             self.start(spec)
+            if spec.name == "redis" and redis_url is not None:
+                wait_for_redis(redis_url)
 
     def poll(self) -> None:
         """Restart services that died (backoff 1 s doubling to 30 s, reset after 60 s up)."""
