@@ -1,11 +1,12 @@
-# One image per service kind (build targets). Only the inference target installs torch; only the
-# inference, registry and mlflow targets install MLflow.
+# One image per service (build targets). Each copies the core, its own package and only the
+# shipped files it reads; only the inference and training targets install torch.
 FROM python:3.11-slim AS base
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VAR_DIR=/tmp/digitflow PROMETHEUS_MULTIPROC_DIR=/tmp/digitflow/prom
 RUN useradd --create-home --uid 10001 digitflow
 COPY pyproject.toml README.md ./
+# The core, with the shipped model versions (digitflow/shipped_models: MODEL_DIR's default).
 COPY digitflow ./digitflow
 
 FROM base AS gateway
@@ -13,7 +14,7 @@ COPY gateway ./gateway
 RUN pip install '.[gateway,postgres]'
 USER digitflow
 EXPOSE 8000
-CMD ["gunicorn", "-c", "gateway/gunicorn_conf.py", "gateway:create_app()"]
+CMD ["gunicorn", "-c", "python:gateway.gunicorn_conf", "gateway:create_app()"]
 
 FROM base AS preprocess
 COPY preprocess_worker ./preprocess_worker
@@ -22,18 +23,23 @@ USER digitflow
 CMD ["celery", "-A", "preprocess_worker.worker:app", "worker", "-Q", "preprocess", "--concurrency", "2", "-n", "preprocess@%h", "--without-gossip", "--without-mingle"]
 
 FROM base AS inference
+COPY digitnet ./digitnet
 COPY inference_worker ./inference_worker
-COPY models ./models
 # CPU wheels keep the image small; use a CUDA base image and the default index for GPUs.
-# The same image runs the training worker (inference_worker.training: retraining on feedback).
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[inference,registry,monitor,postgres]'
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[inference]'
 USER digitflow
 CMD ["celery", "-A", "inference_worker.worker:app", "worker", "-Q", "inference", "--concurrency", "1", "-n", "inference@%h", "--without-gossip", "--without-mingle"]
 
+FROM base AS training
+COPY digitnet ./digitnet
+# training_worker/data holds the base data set (mnist_5k.npz: DATA_DIR's default).
+COPY training_worker ./training_worker
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[training,postgres]'
+USER digitflow
+CMD ["celery", "-A", "training_worker.worker:app", "worker", "-Q", "training", "--pool", "solo", "-n", "training@%h", "--without-gossip", "--without-mingle"]
+
 FROM base AS registry
 COPY registry_worker ./registry_worker
-# The shipped models: registered as version 1 / production when the registry is empty.
-COPY models ./models
 RUN pip install '.[registry]'
 USER digitflow
 CMD ["celery", "-A", "registry_worker.worker:app", "worker", "-Q", "registry", "--pool", "solo", "-n", "registry@%h", "--without-gossip", "--without-mingle"]
@@ -54,13 +60,13 @@ CMD ["celery", "-A", "postprocess_worker.worker:app", "worker", "-Q", "postproce
 
 FROM base AS monitor
 COPY monitor_worker ./monitor_worker
-COPY models ./models
 RUN pip install '.[monitor,postgres]'
 USER digitflow
 CMD ["celery", "-A", "monitor_worker.worker:app", "worker", "-Q", "monitor", "--pool", "solo", "-n", "monitor@%h", "--without-gossip", "--without-mingle"]
 
 FROM base AS flower
+COPY digitflow_cli ./digitflow_cli
 RUN pip install '.[flower]'
 USER digitflow
 EXPOSE 5555
-CMD ["python", "-m", "digitflow.flower"]
+CMD ["python", "-m", "digitflow_cli.flower"]

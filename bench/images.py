@@ -18,9 +18,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 from scipy import ndimage
 
-from digitflow.settings import REPO_ROOT
+from bench.paths import MNIST_NPZ
 
-MNIST_NPZ = REPO_ROOT / "data" / "mnist_5k.npz"
 MANIFEST = "manifest.json"
 
 

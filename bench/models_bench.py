@@ -35,16 +35,18 @@ from typing import Any
 import numpy as np
 
 from bench.images import BenchImage, make_images
+from bench.paths import CHECKOUT, MODELS
 from digitflow.celery_app import make_celery
+from digitflow.deploy_protocol import SERVERS
 from digitflow.heartbeat import live_workers
 from digitflow.model_files import verify_model_dir
 from digitflow.model_store import RegistryStore, version_tags
-from digitflow.model_view import SERVERS, read_view
+from digitflow.model_view import read_view
 from digitflow.redis_client import connect
 from digitflow.registry_client import RegistryClient
-from digitflow.settings import REPO_ROOT, CoreSettings
-from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
+from digitflow.settings import CoreSettings
 from digitflow.tasks import REGISTRY_SYNC
+from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
 
 WORKERS = {"preprocess": 2, "inference": 1, "postprocess": 1}  # what `make run` starts
 
@@ -74,9 +76,15 @@ def stack_with_registry(var_dir: Path, env: dict[str, str]) -> Iterator[Stack]:
     port, gateway_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     config = StackConfig(
-        var_dir=var_dir, redis_url=redis_url, gateway_port=gateway_port, workers=WORKERS, flower=False, env=env,
-        metrics_ports=(free_port(), free_port(), free_port()), registry=True,
-    )  # fmt: skip
+        var_dir=var_dir,
+        redis_url=redis_url,
+        gateway_port=gateway_port,
+        workers=WORKERS,
+        flower=False,
+        env=env,
+        metrics_ports=(free_port(), free_port(), free_port()),
+        registry=True,
+    )
     specs = [redis_spec(var_dir, port), *build_specs(config)]
     supervisor = Supervisor(specs, var_dir / "log", restart=False)
     try:
@@ -90,7 +98,7 @@ def stack_with_registry(var_dir: Path, env: dict[str, str]) -> Iterator[Stack]:
 
 def register_copies(store: RegistryStore, count: int) -> list[str]:
     """``count`` registered models sharing one run's copy of models/digits/1; returns their names."""
-    source = REPO_ROOT / "models" / "digits" / "1"
+    source = MODELS / "digits" / "1"
     tags = version_tags(verify_model_dir(source))
     run_id = store.start_run("bench", "models bench: 100 copies of digits/1")
     store.client.log_artifacts(run_id, str(source), artifact_path="model")
@@ -144,8 +152,12 @@ def drive(
             image, model = images[i % len(images)], models[i % len(models)]
             t0 = time.monotonic()
             try:
-                conn.request("POST", f"/v1/jobs?model={model}", body=image.data,
-                             headers={"Content-Type": image.content_type, "Prefer": "wait=30"})  # fmt: skip
+                conn.request(
+                    "POST",
+                    f"/v1/jobs?model={model}",
+                    body=image.data,
+                    headers={"Content-Type": image.content_type, "Prefer": "wait=30"},
+                )
                 response = conn.getresponse()
                 body = json.loads(response.read())
                 status = body.get("status") if response.status < 400 else f"http_{response.status}"
@@ -170,10 +182,12 @@ def drive(
         thread.join(duration_s + warmup_s + 90)
     lat = np.array(tally.latencies_ms) if tally.latencies_ms else np.zeros(1)
     return {
-        "ok": len(tally.latencies_ms), "failed": tally.failed,
+        "ok": len(tally.latencies_ms),
+        "failed": tally.failed,
         "jobs_per_s": round(len(tally.latencies_ms) / duration_s, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1), "p99_ms": round(float(np.percentile(lat, 99)), 1),
-    }  # fmt: skip
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+    }
 
 
 def restart_inference(stack: Stack, env: dict[str, str]) -> None:
@@ -223,22 +237,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             after = counters(stack)
             result.update({k: after[k] - before[k] for k in after}, models=len(models))
             report["scenarios"][label] = result
-            print(f"  {label:<11} {result['jobs_per_s']:7.1f} jobs/s  p50 {result['p50_ms']:7.1f}  "
-                  f"p99 {result['p99_ms']:7.1f} ms  loads {result['loads']:.0f}  "
-                  f"evictions {result['evictions']:.0f}  failed {result['failed']}",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"  {label:<11} {result['jobs_per_s']:7.1f} jobs/s  p50 {result['p50_ms']:7.1f}  "
+                f"p99 {result['p99_ms']:7.1f} ms  loads {result['loads']:.0f}  "
+                f"evictions {result['evictions']:.0f}  failed {result['failed']}",
+                file=sys.stderr,
+                flush=True,
+            )
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.models_bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.models_bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", type=int, default=100)
     parser.add_argument("--inflight", type=int, default=16)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "var" / "bench" / "models_bench.json")
+    parser.add_argument("--out", type=Path, default=CHECKOUT / "var" / "bench" / "models_bench.json")
     args = parser.parse_args(argv)
     report = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from flask import Flask, Response, jsonify, request
 
 from digitflow.errors import DigitflowError, InvalidRequestError, UnsupportedFormatError
 from digitflow.settings import InferenceSettings
-from digitflow.supervisor import PY, ServiceSpec
+from digitflow_cli.supervisor import PY, ServiceSpec
 from postprocess_worker.steps import summarize
 from preprocess_worker.steps import preprocess
 

@@ -20,11 +20,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.stats import rankdata
 
+from bench.paths import MODELS
 from digitflow.errors import DigitflowError
-from digitflow.settings import REPO_ROOT
-from inference_worker.datasets import fashion, load_mnist_5k
-from inference_worker.model import load_model
+from digitnet.loading import load_model
 from preprocess_worker.steps import preprocess
+from training_worker.datasets import fashion, load_mnist_5k
 
 FONTS = Path("/usr/share/fonts/truetype/dejavu")
 
@@ -54,7 +54,7 @@ def auroc(inlier: np.ndarray, outlier: np.ndarray) -> float:
 
 
 def main() -> dict[str, object]:
-    model = load_model(REPO_ROOT / "models" / "digits" / "1", device="cpu")
+    model = load_model(MODELS / "digits" / "1", device="cpu")
     ref = model.reference
     assert ref is not None, "run `digitflow models calibrate digits 1` first"
 

@@ -22,13 +22,23 @@ def batches(n_batches: int, size: int = 32) -> list[list[dict[str, object]]]:
     rng = np.random.default_rng(0)
     out = []
     for b in range(n_batches):
-        out.append([
-            {"job_id": f"{b:08x}{i:024x}", "model": "digits", "version": "1", "logits": rng.normal(0, 3, 10).tolist(),
-             "pixels": rng.integers(0, 256, 784, dtype=np.uint8).tobytes(), "outlier_score": 100.0,
-             "outlier_threshold": 229.0, "temperature": 0.6, "ink": [0.2, 0.1, 0.8],
-             "embedding": rng.normal(0, 1, 128).astype(np.float16).tobytes()}
-            for i in range(size)
-        ])  # fmt: skip
+        out.append(
+            [
+                {
+                    "job_id": f"{b:08x}{i:024x}",
+                    "model": "digits",
+                    "version": "1",
+                    "logits": rng.normal(0, 3, 10).tolist(),
+                    "pixels": rng.integers(0, 256, 784, dtype=np.uint8).tobytes(),
+                    "outlier_score": 100.0,
+                    "outlier_threshold": 229.0,
+                    "temperature": 0.6,
+                    "ink": [0.2, 0.1, 0.8],
+                    "embedding": rng.normal(0, 1, 128).astype(np.float16).tobytes(),
+                }
+                for i in range(size)
+            ]
+        )
     return out
 
 

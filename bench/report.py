@@ -18,8 +18,18 @@ from bench.runner import Measurement
 # Table columns; a service not named here (a new one in the stack) gets a column of its own.
 SERVICES = ("gateway", "preprocess", "inference", "postprocess", "redis", "monolith", "inprocess")
 NOT_MEASURED = ("load", "harness", "other")  # not part of the system under test
-SHORT = {"gateway": "gw", "preprocess": "pre", "inference": "inf", "postprocess": "post", "redis": "redis",
-         "monolith": "mono", "inprocess": "inproc", "load": "load", "harness": "harn", "other": "other"}  # fmt: skip
+SHORT = {
+    "gateway": "gw",
+    "preprocess": "pre",
+    "inference": "inf",
+    "postprocess": "post",
+    "redis": "redis",
+    "monolith": "mono",
+    "inprocess": "inproc",
+    "load": "load",
+    "harness": "harn",
+    "other": "other",
+}
 # Above this share of the machine's CPU used by processes outside the benchmark, a row is flagged.
 INTERFERENCE_SHARE = 0.10
 MB = 1024 * 1024
@@ -82,13 +92,16 @@ def ratios(rows: list[dict[str, Any]], inflights: tuple[int, ...], batch_label: 
     for mode, n in [*cases, ("batch", batch_label)]:
         df = find(rows, "digitflow", mode, n)
         inproc = inproc_batched if mode == "batch" else inproc_b1
-        out.append({
-            "mode": mode, "inflight": n,
-            "digitflow/monolith": _ratio(df, find(rows, "monolith", mode, n)),
-            "digitflow/chain-per-job": _ratio(df, find(rows, "chain-per-job", mode, n)),
-            "digitflow/inprocess": _ratio(df, inproc),
-            "digitflow/inprocess-batched": _ratio(df, inproc_batched),
-        })  # fmt: skip
+        out.append(
+            {
+                "mode": mode,
+                "inflight": n,
+                "digitflow/monolith": _ratio(df, find(rows, "monolith", mode, n)),
+                "digitflow/chain-per-job": _ratio(df, find(rows, "chain-per-job", mode, n)),
+                "digitflow/inprocess": _ratio(df, inproc),
+                "digitflow/inprocess-batched": _ratio(df, inproc_batched),
+            }
+        )
     return out
 
 
@@ -132,7 +145,7 @@ def memory_of(peaks: dict[str, MemoryPeak]) -> dict[str, dict[str, float]]:
     return {
         name: {"peak_rss_mb": round(p.total / MB, 1), "largest_mb": round(p.largest / MB, 1), "processes": p.processes}
         for name, p in peaks.items()
-    }  # fmt: skip
+    }
 
 
 def _fmt(value: object, width: int) -> str:

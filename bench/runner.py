@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.paths import CHECKOUT
 from bench.procstats import CpuSnapshot, ProcStats
-from digitflow.settings import REPO_ROOT
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def run_driver(
     module = f"bench.{driver}"
     with errlog.open("ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, *argv], stdout=subprocess.PIPE, stderr=err, cwd=REPO_ROOT, text=True
+            [sys.executable, "-m", module, *argv], stdout=subprocess.PIPE, stderr=err, cwd=CHECKOUT, text=True
         )
     stats.watch(driver, proc.pid)
     before: CpuSnapshot = {}

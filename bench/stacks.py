@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.monolith import monolith_spec
-from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
+from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
 
 # Per-stage pool sizes of the digitflow scenarios (what ``make run`` starts by default).
 WORKERS = {"preprocess": 2, "inference": 1, "postprocess": 1}

@@ -38,7 +38,7 @@ def make_celery(service: str, settings: CoreSettings) -> Celery:
         broker_connection_max_retries=None,
         broker_transport_options={
             # A message a dead worker held is given to another worker after this long (see
-            # README, "Reliability"); sweeps for such messages run every 5 s (each sweep costs
+            # docs/reliability.md); sweeps for such messages run every 5 s (each sweep costs
             # a new Redis client and a lock: every 2 s it was ~5% of a busy worker).
             "visibility_timeout": settings.visibility_timeout_s,
             "unacked_restore_interval": 5,

@@ -15,13 +15,10 @@ from collections.abc import Iterable
 
 import redis
 
+from digitflow.keys import PROCESSES_PREFIX, workers
 from digitflow.tasks import STAGES
 
-PREFIX = "df:workers:"
 logger = logging.getLogger("digitflow.heartbeat")
-
-
-PROCESSES_PREFIX = "df:workers:processes:"  # hash per stage: worker name -> pool size
 
 
 class Heartbeat:
@@ -36,7 +33,7 @@ class Heartbeat:
 
     def beat(self) -> None:
         pipe = self.client.pipeline(transaction=False)
-        pipe.zadd(PREFIX + self.stage, {self.name: time.time()})
+        pipe.zadd(workers(self.stage), {self.name: time.time()})
         pipe.hset(PROCESSES_PREFIX + self.stage, self.name, self.processes)
         pipe.execute()
 
@@ -51,7 +48,7 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
-            self.client.zrem(PREFIX + self.stage, self.name)
+            self.client.zrem(workers(self.stage), self.name)
             self.client.hdel(PROCESSES_PREFIX + self.stage, self.name)
 
 
@@ -61,8 +58,8 @@ def live_workers(client: redis.Redis, ttl_s: float, stages: Iterable[str] = STAG
     pipe = client.pipeline(transaction=False)
     stages = list(stages)
     for stage in stages:
-        pipe.zremrangebyscore(PREFIX + stage, "-inf", cutoff)
-        pipe.zrange(PREFIX + stage, 0, -1)
+        pipe.zremrangebyscore(workers(stage), "-inf", cutoff)
+        pipe.zrange(workers(stage), 0, -1)
     answers = pipe.execute()
     return {stage: sorted(n.decode() for n in answers[2 * i + 1]) for i, stage in enumerate(stages)}
 

@@ -18,15 +18,17 @@ from typing import Any, cast
 import redis
 
 from digitflow.errors import DigitflowError, JobNotFoundError
+from digitflow.keys import (
+    ACTIVE_JOBS,
+    ATTEMPT_PREFIX,
+    DONE_CHANNEL,
+    IDEMPOTENCY_PREFIX,
+    IMAGE_PREFIX,
+    JOB_PREFIX,
+    SUSPECT_PREFIX,
+)
 from digitflow.tasks import STAGES
 
-JOB_PREFIX = "df:job:"
-IMAGE_PREFIX = "df:img:"
-IDEMPOTENCY_PREFIX = "df:idem:"
-DONE_CHANNEL = "df:done"
-ACTIVE_KEY = "df:active"  # zset: unfinished job id -> accepted at (for the deadline sweep)
-ATTEMPT_PREFIX = "df:attempt:"  # per (stage, batch): how many times the batch was delivered
-SUSPECT_PREFIX = "df:suspect:"  # per (stage, batch): the job running alone when its process died
 TERMINAL = frozenset({"succeeded", "failed"})
 STATUS_OF_STAGE = {"preprocess": "preprocessing", "inference": "inferring", "postprocess": "postprocessing"}
 # Which stage a job in each status waits on or runs in (a queued job waits for preprocess).
@@ -123,7 +125,7 @@ class JobStore:
             pipe.hset(key, mapping={"status": "queued", "model": job.model, "created_at": repr(now)})
             pipe.expire(key, self.ttl_s)
             pipe.set(IMAGE_PREFIX + job.job_id, job.image, ex=self.ttl_s)
-            pipe.zadd(ACTIVE_KEY, {job.job_id: now})
+            pipe.zadd(ACTIVE_JOBS, {job.job_id: now})
         pipe.execute()
         return ids
 
@@ -144,7 +146,7 @@ class JobStore:
         payload = json.dumps([[job_id, int(terminal), dict(fields)] for job_id, fields in changes])
         live = self._update(
             keys=[JOB_PREFIX + job_id for job_id, _ in changes],
-            args=[payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_KEY],
+            args=[payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS],
             client=client,
         )
         return [bool(x) for x in live] if client is None else []
@@ -218,7 +220,7 @@ class JobStore:
     # -- deadline sweep --------------------------------------------------------------------
     def overdue(self, deadline_s: float, limit: int = 500) -> list[str]:
         cutoff = time.time() - deadline_s
-        ids = cast(list[bytes], self.redis.zrangebyscore(ACTIVE_KEY, "-inf", cutoff, start=0, num=limit))
+        ids = cast(list[bytes], self.redis.zrangebyscore(ACTIVE_JOBS, "-inf", cutoff, start=0, num=limit))
         return [i.decode() for i in ids]
 
     def fail_overdue(self, deadline_s: float, error_for: Callable[[str], DigitflowError]) -> list[str]:
@@ -241,7 +243,7 @@ class JobStore:
         # Already finished or expired records: just forget them.
         gone = [job_id for job_id, is_live in zip(ids, live, strict=True) if not is_live]
         if gone:
-            self.redis.zrem(ACTIVE_KEY, *gone)
+            self.redis.zrem(ACTIVE_JOBS, *gone)
         return [job_id for job_id, is_live in zip(ids, live, strict=True) if is_live]
 
     def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
@@ -271,7 +273,7 @@ def _fail_fields(stage: str, error: DigitflowError) -> dict[str, str]:
 
 
 def render_job(job_id: str, fields: Mapping[str, str]) -> dict[str, Any]:
-    """Turn a stored hash into the API shape (see README, "API")."""
+    """Turn a stored hash into the API shape (docs/api.md)."""
 
     def ts(name: str) -> float | None:
         value = fields.get(name)

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,10 @@ from digitflow.errors import ModelVersionInvalidError
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "model.json"
-REQUIRED = ("name", "architecture", "weights_sha256")
+REQUIRED = ("name", "version", "architecture", "weights_sha256")
+# The input profile of a model.json that names none (every version shipped before profiles).
+DIGITS_PROFILE = "digits-mnist"
+FASHION_PROFILE = "fashion-mnist"
 
 
 def sha256_file(path: Path) -> str:
@@ -31,23 +35,35 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_model_json(model_dir: Path) -> dict[str, Any]:
-    """``model.json`` of a version directory; ModelVersionInvalidError naming what is wrong."""
+def read_model_json(model_dir: Path, architectures: Collection[str] = ()) -> dict[str, Any]:
+    """``model.json`` of a version directory, validated: name, version, architecture and
+    weights_sha256 are non-empty strings, labels a non-empty list of strings, and (when
+    ``architectures`` is given) the architecture one of them. The one validator of the file:
+    the registry checks a version with it, and inference loads with it.
+
+    Raises ModelVersionInvalidError naming the path and every problem.
+    """
     path = Path(model_dir) / METADATA_FILE
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ModelVersionInvalidError(f"{path.name} is missing", path=str(path)) from exc
+        raise ModelVersionInvalidError(f"{path}: metadata file is missing", path=str(path)) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelVersionInvalidError(f"{path.name} cannot be read: {exc}", path=str(path)) from exc
+        raise ModelVersionInvalidError(f"{path}: cannot read metadata: {exc}", path=str(path)) from exc
     if not isinstance(meta, dict):
-        raise ModelVersionInvalidError(f"{path.name} is not a JSON object", path=str(path))
-    missing = [key for key in REQUIRED if not isinstance(meta.get(key), str) or not meta[key]]
+        raise ModelVersionInvalidError(f"{path}: metadata must be a JSON object", path=str(path))
+    problems = [
+        f"{key!r} missing or not a non-empty string"
+        for key in REQUIRED
+        if not isinstance(meta.get(key), str) or not meta[key]
+    ]
     labels = meta.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
-        missing.append("labels")
-    if missing:
-        raise ModelVersionInvalidError(f"{path.name} lacks or has invalid {', '.join(missing)}", path=str(path))
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        problems.append("'labels' must be a non-empty list of strings")
+    if architectures and meta.get("architecture") not in architectures:
+        problems.append(f"unknown architecture {meta.get('architecture')!r} (known: {sorted(architectures)})")
+    if problems:
+        raise ModelVersionInvalidError(f"{path}: invalid metadata: {'; '.join(problems)}", path=str(path))
     return meta
 
 

@@ -10,6 +10,7 @@ the registry alone. The production history (for rollback) is a tag of the regist
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -18,8 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from digitflow.errors import ModelNotFoundError, ModelVersionNotFoundError
-from digitflow.model_files import verify_model_dir
-from digitflow.model_view import PRODUCTION
+from digitflow.model_files import DIGITS_PROFILE, verify_model_dir
+from digitflow.model_spec import PRODUCTION
+
+# Checked without importing MLflow (about a second): the error names the extra to install.
+if importlib.util.find_spec("mlflow") is None:
+    raise ImportError("digitflow.model_store needs MLflow: pip install 'digitflow[registry]'")
 
 logger = logging.getLogger("digitflow.model_store")
 EXPERIMENT = "digitflow"
@@ -95,6 +100,11 @@ class RegistryStore:
         )
         logger.info("registered %s version %s from %s", name, mv.version, model_dir)
         return str(mv.version)
+
+    def next_version(self, name: str) -> str:
+        """The number MLflow gives the next version of ``name`` (what a model.json must say)."""
+        versions = self.client.search_model_versions(f"name='{name}'")
+        return str(1 + max((int(mv.version) for mv in versions), default=0))
 
     def ensure_model(self, name: str) -> None:
         from mlflow.exceptions import MlflowException
@@ -211,7 +221,7 @@ class RegistryStore:
 
     # -- first start -----------------------------------------------------------------------
     def bootstrap(self, models_dir: Path) -> list[str]:
-        """Register every shipped ``models/<name>/<version>/`` of a model the registry does not
+        """Register every shipped ``MODEL_DIR/<name>/<version>/`` of a model the registry does not
         know yet, and make the highest one production. Idempotent; returns the names registered."""
         known = set(self.names())
         done = []
@@ -226,7 +236,7 @@ class RegistryStore:
             if self.client.search_model_versions(f"name='{model_dir.name}'"):
                 continue  # another process is bootstrapping it
             versions = [
-                self.register_dir(model_dir.name, p, description=f"shipped in models/{model_dir.name}/{p.name}")
+                self.register_dir(model_dir.name, p, description=f"shipped as {model_dir.name}/{p.name}")
                 for p in shipped
             ]
             self.set_alias(model_dir.name, PRODUCTION, versions[-1])
@@ -239,7 +249,7 @@ def version_tags(meta: dict[str, Any]) -> dict[str, str]:
     """Tags of a registered version: what serving needs plus held-out metrics and lineage."""
     metrics = meta.get("metrics") or {}
     tags = {key: str(meta[key]) for key in SERVING_TAGS if meta.get(key) is not None}
-    tags["input_profile"] = str(meta.get("input_profile") or "digits-mnist")
+    tags["input_profile"] = str(meta.get("input_profile") or DIGITS_PROFILE)
     tags["labels"] = json.dumps(meta["labels"])
     for key in (*METRIC_KEYS, *LINEAGE_KEYS):
         if metrics.get(key) is not None:

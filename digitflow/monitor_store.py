@@ -13,20 +13,25 @@ the retraining history the gateway, the CLI and Prometheus read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any, cast
 
 import redis
+from redis.exceptions import LockError
+from redis.lock import Lock
 
-PREFIX = "df:monitor:"
+from digitflow.keys import monitor as monitor_key
+from digitflow.redis_client import claim
+
 HISTORY = 50
 
 
 def write_report(client: redis.Redis, report: dict[str, Any]) -> None:
     """Store ``report`` and stamp each alert with ``since``: when it was first seen (kept while it lasts)."""
     model = report["model"]
-    key = f"{PREFIX}since:{model}"
+    key = monitor_key("since", model)
     known = {k.decode(): float(v) for k, v in cast(dict[bytes, bytes], client.hgetall(key)).items()}
     current: dict[str, float] = {}
     for version in report["versions"]:
@@ -38,39 +43,47 @@ def write_report(client: redis.Redis, report: dict[str, Any]) -> None:
     pipe.delete(key)
     if current:
         pipe.hset(key, mapping=current)  # type: ignore[arg-type]
-    pipe.set(f"{PREFIX}report:{model}", json.dumps(report))
+    pipe.set(monitor_key("report", model), json.dumps(report))
     pipe.execute()
 
 
 def read_report(client: redis.Redis, model: str) -> dict[str, Any] | None:
-    raw = cast(bytes | None, client.get(f"{PREFIX}report:{model}"))
+    raw = cast(bytes | None, client.get(monitor_key("report", model)))
     return None if raw is None else cast(dict[str, Any], json.loads(raw))
 
 
 def record_retrain(client: redis.Redis, model: str, outcome: dict[str, Any]) -> None:
-    key = f"{PREFIX}retrain:{model}"
+    key = monitor_key("retrain", model)
     client.lpush(key, json.dumps(outcome, default=str))
     client.ltrim(key, 0, HISTORY - 1)
 
 
 def retrain_history(client: redis.Redis, model: str) -> list[dict[str, Any]]:
     """Retraining outcomes, oldest first."""
-    raw = cast(list[bytes], client.lrange(f"{PREFIX}retrain:{model}", 0, HISTORY - 1))
+    raw = cast(list[bytes], client.lrange(monitor_key("retrain", model), 0, HISTORY - 1))
     return [json.loads(r) for r in reversed(raw)]
 
 
 def retrain_state(client: redis.Redis, model: str) -> tuple[int, float]:
     """(last prediction-log row id used by a retrain, when it ran); (0, 0.0) if never."""
-    raw = cast(dict[bytes, bytes], client.hgetall(f"{PREFIX}retrain-state:{model}"))
+    raw = cast(dict[bytes, bytes], client.hgetall(monitor_key("retrain-state", model)))
     return int(raw.get(b"last_id", b"0")), float(raw.get(b"at", b"0"))
 
 
 def set_retrain_state(client: redis.Redis, model: str, last_id: int, at: float | None = None) -> None:
-    client.hset(f"{PREFIX}retrain-state:{model}", mapping={"last_id": last_id, "at": time.time() if at is None else at})
+    client.hset(
+        monitor_key("retrain-state", model), mapping={"last_id": last_id, "at": time.time() if at is None else at}
+    )
+
+
+def _retrain_lock(client: redis.Redis, model: str, ttl_s: float = 3600) -> Lock:
+    # thread_local=False: the monitor takes the lock and the training worker releases it by token.
+    return client.lock(monitor_key("retrain-lock", model), timeout=ttl_s, thread_local=False)
 
 
 def take_retrain_lock(client: redis.Redis, model: str, token: str, ttl_s: int = 3600) -> bool:
-    return bool(client.set(f"{PREFIX}retrain-lock:{model}", token, nx=True, ex=ttl_s))
+    """Hold ``model``'s retrain lock as ``token`` (the retrain request's id); False if held."""
+    return bool(_retrain_lock(client, model, ttl_s).acquire(blocking=False, token=token))
 
 
 def claim_retrain(client: redis.Redis, token: str, ttl_s: int = 86400) -> bool:
@@ -80,21 +93,20 @@ def claim_retrain(client: redis.Redis, token: str, ttl_s: int = 86400) -> bool:
     solo pool even an early acknowledgement waits for the task to end: a retrain longer than
     VISIBILITY_TIMEOUT_S comes back once it finishes. The claim makes that copy a no-op.
     """
-    return bool(client.set(f"{PREFIX}retrain-claim:{token}", "1", nx=True, ex=ttl_s))
-
-
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+    return claim(client, monitor_key("retrain-claim", token), ttl_s)
 
 
 def release_retrain_lock(client: redis.Redis, model: str, token: str) -> None:
     """Release the lock if ``token`` still holds it (never a newer request's lock)."""
-    client.eval(_RELEASE, 1, f"{PREFIX}retrain-lock:{model}", token)
+    # LockError: expired, or a newer request holds it: not ours to release.
+    with contextlib.suppress(LockError):
+        _retrain_lock(client, model).do_release(token)
 
 
 def pruned_until(client: redis.Redis, model: str) -> float:
-    raw = cast(bytes | None, client.get(f"{PREFIX}pruned:{model}"))
+    raw = cast(bytes | None, client.get(monitor_key("pruned", model)))
     return 0.0 if raw is None else float(raw)
 
 
 def set_pruned_until(client: redis.Redis, model: str, at: float) -> None:
-    client.set(f"{PREFIX}pruned:{model}", repr(at))
+    client.set(monitor_key("pruned", model), repr(at))

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +68,6 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     logger.log(level, event, extra={"event": event, **fields})
 
 
-def prepare_multiprocess_dir(path: Path) -> None:
-    """Empty the metrics directory once per service start, before any process writes to it."""
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-
-
 def render_metrics(extra: CollectorRegistry | None = None) -> bytes:
     """Prometheus text of all this service's processes (plus an optional live registry)."""
     registry = CollectorRegistry()
@@ -113,12 +104,3 @@ MODEL_LOADED = Gauge(
     ["model", "version"],
     multiprocess_mode="max",
 )
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    @property
-    def ms(self) -> float:
-        return round((time.perf_counter() - self.start) * 1000.0, 3)

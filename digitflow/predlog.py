@@ -14,9 +14,17 @@ PREDICTIONS_RETENTION_DAYS. Accuracy by age is counted in SQL, so it covers ever
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+# An optional store: the services that write or read it install SQLAlchemy with their extra.
+if importlib.util.find_spec("sqlalchemy") is None:
+    raise ImportError(
+        "digitflow.predlog needs SQLAlchemy: install the extra of the service that uses it "
+        "(gateway, postprocess, monitor or training), e.g. pip install 'digitflow[postprocess]'"
+    )
 
 from sqlalchemy import (
     Boolean,
@@ -36,7 +44,7 @@ from sqlalchemy import (
     func,
     select,
     update,
-)  # fmt: skip
+)
 from sqlalchemy.engine import Engine, Row
 
 metadata = MetaData()

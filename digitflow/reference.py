@@ -56,13 +56,11 @@ class Reference:
         dist = xx[:, None] - 2.0 * feats @ mp.T + mm[None, :]
         return np.maximum(dist.min(axis=1), 0.0).astype(np.float32)
 
-    def input_stats(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in INPUT_STATS}
-
 
 def ink_stats(pixels: np.ndarray | bytes) -> tuple[float, float, float]:
-    """(ink_ratio, mean_intensity, aspect) of a 28x28 input, as ``preprocess_worker.steps.ink_stats``
-    computes them (kept here so that services without the preprocess code share one definition)."""
+    """(ink_ratio, mean_intensity, aspect) of a 28x28 input (784 values, ink bright): the share
+    of pixels above 64, the mean intensity in 0..1, and the ink bounding box's width / height
+    (0 without ink). Preprocess logs them per job; the monitor compares them with the reference."""
     raw = np.frombuffer(pixels, dtype=np.uint8) if isinstance(pixels, bytes) else np.asarray(pixels)
     arr = raw.astype(np.float32).reshape(28, 28)
     ink = arr > 64

@@ -7,14 +7,16 @@ bounded. Used by the gateway (``POST /v1/models/<name>/promote``) and by ``digit
 
 from __future__ import annotations
 
+import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
+import redis
 from celery import Celery
 
 from digitflow.errors import RegistryUnavailableError, error_from_dict
 from digitflow.heartbeat import live_workers
-from digitflow.model_view import wait_reply
+from digitflow.keys import REGISTRY_REPLY_PREFIX
 from digitflow.redis_client import connect
 from digitflow.tasks import REGISTRY_QUEUE
 
@@ -55,3 +57,19 @@ class RegistryClient:
         if not answer.get("ok"):
             raise error_from_dict(answer.get("error") or {})
         return dict(answer.get("result") or {})
+
+
+def send_reply(client: redis.Redis, request_id: str, outcome: dict[str, Any], ttl_s: int = 600) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.rpush(REGISTRY_REPLY_PREFIX + request_id, json.dumps(outcome))
+    pipe.expire(REGISTRY_REPLY_PREFIX + request_id, ttl_s)
+    pipe.execute()
+
+
+def wait_reply(client: redis.Redis, request_id: str, timeout_s: float) -> dict[str, Any] | None:
+    """The registry's answer to ``request_id``, or None after ``timeout_s``. The client's socket
+    timeout must exceed ``timeout_s``."""
+    answer = client.blpop([REGISTRY_REPLY_PREFIX + request_id], timeout=max(1, round(timeout_s)))
+    if answer is None:
+        return None
+    return cast(dict[str, Any], json.loads(cast(tuple[bytes, bytes], answer)[1]))

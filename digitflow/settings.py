@@ -9,16 +9,25 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, Self, get_type_hints
 from urllib.parse import urlsplit
 
 from digitflow.errors import ConfigurationError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # Secrets that were obviously copied from an example and never changed.
 PLACEHOLDER_SECRETS = frozenset({"changeme", "change-me", "password", "secret", "placeholder", "example", "redis"})
+
+
+def shipped_models_dir() -> Path:
+    """The model versions installed with the core (``digitflow/shipped_models``): MODEL_DIR's default."""
+    return Path(str(resources.files("digitflow") / "shipped_models"))
+
+
+def _default_var_dir() -> Path:
+    return Path.cwd() / "var"
 
 
 def _parse(raw: str, kind: Any, name: str) -> Any:
@@ -49,7 +58,11 @@ class CoreSettings:
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     job_ttl_s: int = 24 * 3600
-    var_dir: Path = REPO_ROOT / "var"
+    # Logs, Prometheus files, the embedded registry and prediction log: ./var unless VAR_DIR says.
+    var_dir: Path = field(default_factory=_default_var_dir)
+    # The shipped model versions (<name>/<version>/): registered when the registry is empty, and
+    # served when no registry knows a model.
+    model_dir: Path = field(default_factory=shipped_models_dir)
     log_format: str = "json"  # json | text
     log_level: str = "INFO"
     # Task events let Flower show every task; they cost one extra Redis publish per task event.
@@ -74,7 +87,7 @@ class CoreSettings:
     # deploy message was missed.
     deploy_timeout_s: float = 20.0
     deploy_recheck_s: float = 3.0
-    # Monitoring (README, "Monitoring and retraining"): the prediction log's SQL database
+    # Monitoring (docs/monitoring.md): the prediction log's SQL database
     # (empty: SQLite at VAR_DIR/predictions.db), and what an outlier gets: `flag` (a label and
     # outlier: true) or `reject` (the job succeeds with label null).
     database_url: str = ""
@@ -118,6 +131,8 @@ class CoreSettings:
             raise ConfigurationError("DEPLOY_TIMEOUT_S and DEPLOY_RECHECK_S must be > 0")
         if self.outlier_policy not in {"flag", "reject"}:
             raise ConfigurationError("OUTLIER_POLICY must be flag or reject")
+        if not self.model_dir.is_dir():
+            raise ConfigurationError(f"MODEL_DIR {self.model_dir} is not a directory")
         password = urlsplit(self.redis_url).password
         if password is not None and password.lower() in PLACEHOLDER_SECRETS:
             raise ConfigurationError("REDIS_URL carries a placeholder password; set a real secret")
@@ -202,7 +217,6 @@ class WorkerSettings(CoreSettings):
 
 @dataclass(frozen=True)
 class InferenceSettings(WorkerSettings):
-    model_dir: Path = REPO_ROOT / "models"
     device: str = "auto"  # auto | cpu | cuda
     torch_threads: int = 1
     # Where a fault-injection test (or an operator) may point one worker at other weights.
@@ -229,8 +243,7 @@ class InferenceSettings(WorkerSettings):
 class RegistrySettings(WorkerSettings):
     """The registry service: keeps the Redis view of the registry, promotes and rolls back."""
 
-    model_dir: Path = REPO_ROOT / "models"
-    # Register the shipped models/<name>/<version> directories when the registry is empty.
+    # Register the shipped MODEL_DIR/<name>/<version> directories when the registry is empty.
     bootstrap: bool = True
     # How often the registry re-reads MLflow, so aliases moved elsewhere (the MLflow UI) deploy too.
     registry_sync_s: float = 10.0
@@ -240,7 +253,6 @@ class RegistrySettings(WorkerSettings):
 class MonitorSettings(WorkerSettings):
     """The monitor service (monitor_worker) and the retraining it triggers (training worker)."""
 
-    model_dir: Path = REPO_ROOT / "models"
     # How often beat runs `monitor.run`; windows are 1h/1d/7d times WINDOW_SCALE (a demo
     # compresses time with e.g. 0.005), the series buckets BUCKET_S wide, at most MAX_BUCKETS.
     monitor_interval_s: float = 60.0

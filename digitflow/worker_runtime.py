@@ -19,11 +19,14 @@ from digitflow.settings import WorkerSettings
 
 
 def prepare_process(service: str, var_dir: Path) -> None:
-    """Point prometheus_client at a per-service directory unless the launcher already did.
+    """Point prometheus_client at a per-service directory unless the launcher already did (then
+    make sure it exists: an image's ENV names a folder nothing created).
 
     Runs in the worker's main process, before the pool forks, so clearing it is safe.
     """
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    preset = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if preset:
+        Path(preset).mkdir(parents=True, exist_ok=True)
         return
     import shutil
 

@@ -1,29 +1,22 @@
 """The REST gateway: accepts images, starts pipeline chains by task name, answers polls.
 
-Run with ``gunicorn -c gateway/gunicorn_conf.py 'gateway:create_app()'``.
+Run with ``gunicorn -c python:gateway.gunicorn_conf 'gateway:create_app()'``.
 """
 
 from __future__ import annotations
 
-import io
-from typing import IO, Any
+from flask import Flask
 
-from flask import Flask, Request
-
-from digitflow.observability import setup_logging
 from digitflow.settings import GatewaySettings
-
-
-class GatewayRequest(Request):
-    """Uploads are held in memory (they are bounded by MAX_UPLOAD_MB and read whole anyway):
-    no temporary files, and none leaked when a client sends a truncated multipart body."""
-
-    def _get_file_stream(self, *args: Any, **kwargs: Any) -> IO[bytes]:
-        return io.BytesIO()
 
 
 def create_app(settings: GatewaySettings | None = None) -> Flask:
     """Build the gateway; ``settings`` default to the environment (validated here)."""
+    # Imported here, not at the top: gunicorn imports this package to read its config
+    # (``python:gateway.gunicorn_conf``) in the master, before it empties the Prometheus
+    # multiprocess folder, and metrics created then would point at deleted files.
+    from digitflow.observability import setup_logging
+
     if settings is None:
         # The real service: settings and logging come from the environment.
         settings = GatewaySettings.from_env()
@@ -34,7 +27,6 @@ def create_app(settings: GatewaySettings | None = None) -> Flask:
     from gateway.services import GatewayServices
 
     app = Flask(__name__)
-    app.request_class = GatewayRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["digitflow"] = GatewayServices(settings)

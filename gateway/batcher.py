@@ -55,8 +55,6 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.sent_batches = 0
-        self.sent_jobs = 0
 
     def submit(self, items: Sequence[Item]) -> None:
         with self._cond:
@@ -155,8 +153,6 @@ class Batcher:
             batch_id, items = nxt
             try:
                 self._send(batch_id, items)
-                self.sent_batches += 1
-                self.sent_jobs += len(items)
             except Exception as exc:  # broker unreachable: the jobs must not vanish silently
                 logger.exception("sending batch failed", extra={"event": "batch_send_failed", "batch_id": batch_id})
                 self.finished(item["job_id"] for item in items)

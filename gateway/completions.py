@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 
-from digitflow.jobs import DONE_CHANNEL
+from digitflow.keys import DONE_CHANNEL
 
 logger = logging.getLogger("gateway.completions")
 
@@ -29,7 +29,6 @@ class CompletionListener:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.connected = threading.Event()
 
     def ensure_started(self) -> None:
         with self._lock:
@@ -65,13 +64,11 @@ class CompletionListener:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(DONE_CHANNEL)
-                self.connected.set()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._dispatch(message["data"].decode().split(","))
             except (redis.RedisError, OSError) as exc:
-                self.connected.clear()
                 logger.warning("completion listener lost Redis: %s", exc, extra={"event": "listener_reconnect"})
                 time.sleep(0.5)
             finally:

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 from prometheus_client import CollectorRegistry, Gauge
 
 from digitflow.heartbeat import live_workers
 from digitflow.observability import render_metrics
 from digitflow.tasks import STAGES
-from gateway.services import GatewayServices
+from gateway.services import services
 
 bp = Blueprint("health", __name__)
-
-
-def services() -> GatewayServices:
-    return current_app.extensions["digitflow"]
 
 
 @bp.get("/healthz")

@@ -7,12 +7,12 @@ import threading
 import time
 from typing import Any, cast
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
-from digitflow.errors import DigitflowError
+from digitflow.errors import UnauthorizedError
 from digitflow.jobs import TERMINAL, NewJob, new_job_id
 from digitflow.messages import Item
-from gateway.services import GatewayServices
+from gateway.services import GatewayServices, services
 from gateway.uploads import (
     ModelChoice,
     idempotency_key_of,
@@ -24,15 +24,6 @@ from gateway.uploads import (
 
 bp = Blueprint("jobs", __name__)
 RECHECK_S = 1.0  # waiters re-read the record this often even without a notification
-
-
-class UnauthorizedError(DigitflowError):
-    code = "unauthorized"
-    status = 401
-
-
-def services() -> GatewayServices:
-    return current_app.extensions["digitflow"]
 
 
 def _check_api_key(svc: GatewayServices) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from digitflow.errors import (
     AdminDisabledError,
@@ -20,15 +20,12 @@ from digitflow.errors import (
     ModelNotFoundError,
     UnauthorizedError,
 )
-from digitflow.model_view import SPEC_RE, production_of, public_entry, read_entry, read_view
+from digitflow.model_spec import SPEC_RE, production_of, public_entry
+from digitflow.model_view import read_entry, read_view
 from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_ROLLBACK
-from gateway.services import GatewayServices
+from gateway.services import GatewayServices, services
 
 bp = Blueprint("models", __name__)
-
-
-def services() -> GatewayServices:
-    return current_app.extensions["digitflow"]
 
 
 def _check_admin(svc: GatewayServices) -> None:

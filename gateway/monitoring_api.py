@@ -18,15 +18,11 @@ from digitflow.model_view import read_entry
 from digitflow.monitor_store import read_report, retrain_history
 from digitflow.predlog import PredictionLog
 from digitflow.settings import MonitorSettings
-from gateway.services import GatewayServices
+from gateway.services import services
 
 bp = Blueprint("monitoring", __name__)
 _lock = threading.Lock()
 THRESHOLD_KEYS = ("p_value", "psi", "accuracy_drop", "outlier_rate")
-
-
-def services() -> GatewayServices:
-    return current_app.extensions["digitflow"]
 
 
 def prediction_log() -> PredictionLog:

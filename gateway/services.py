@@ -9,18 +9,21 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import redis
 from celery import Celery, chain
+from flask import current_app
 
 from digitflow.celery_app import make_celery
 from digitflow.errors import DeadlineExceededError, DigitflowError, OverloadedError, ServiceUnavailableError
 from digitflow.heartbeat import live_processes
 from digitflow.jobs import JobStore
+from digitflow.keys import SWEEP_LOCK
 from digitflow.messages import Item, make_batch
 from digitflow.observability import BATCH_SIZE, log_event
 from digitflow.queues import QueueStats, queue_stats
-from digitflow.redis_client import connect
+from digitflow.redis_client import claim, connect
 from digitflow.registry_client import RegistryClient
 from digitflow.settings import GatewaySettings
 from digitflow.tasks import INFERENCE, POSTPROCESS, PREPROCESS, QUEUE_OF_STAGE, inference_queue
@@ -29,7 +32,6 @@ from gateway.completions import CompletionListener
 from gateway.model_lookup import ModelViewCache
 
 logger = logging.getLogger("gateway")
-SWEEP_LOCK = "df:sweeper:lock"
 
 
 @dataclass
@@ -113,7 +115,7 @@ class GatewayServices:
                 logger.warning("maintenance skipped: %s", exc, extra={"event": "maintenance_skipped"})
 
     def _sweep(self, interval: float) -> None:
-        if not self.redis.set(SWEEP_LOCK, "1", nx=True, px=int(interval * 900)):
+        if not claim(self.redis, SWEEP_LOCK, interval * 0.9):
             return
         deadline = self.settings.job_deadline_s
         failed = self.store.fail_overdue(
@@ -152,3 +154,8 @@ class GatewayServices:
                 cache.stats = queue_stats(self.redis, queues)
                 cache.at = time.monotonic()
             return cache.stats
+
+
+def services() -> GatewayServices:
+    """This app's collaborators (set up by ``create_app``), from inside a request."""
+    return cast(GatewayServices, current_app.extensions["digitflow"])

@@ -20,7 +20,7 @@ from digitflow.errors import (
     UnsupportedFormatError,
 )
 from digitflow.images import ImageInfo, inspect_image
-from digitflow.model_view import ModelSpec, resolve
+from digitflow.model_spec import ModelSpec, resolve
 from digitflow.settings import GatewaySettings
 from gateway.model_lookup import ModelViewCache
 from gateway.multipart import request_parts, text_field

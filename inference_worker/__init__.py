@@ -1,2 +1,2 @@
-"""The inference stage: a small CNN (``net``), loading and running shipped models (``model``),
-training (``train``) and its on-the-fly augmentations (``augment``)."""
+"""The inference stage: serves registered model versions (per-process LRU cache, hot swap on
+deploy). Training lives in ``training_worker``; the network and loading in ``digitnet``."""

@@ -23,13 +23,14 @@ from typing import Any
 
 import redis
 
+from digitflow.deploy_protocol import DEPLOY_CHANNEL, SERVERS, write_ack
 from digitflow.errors import DigitflowError
-from digitflow.heartbeat import PREFIX
-from digitflow.model_view import DEPLOY_CHANNEL, SERVERS, read_entry, read_production, write_ack
+from digitflow.keys import workers
+from digitflow.model_view import read_entry, read_production
 from digitflow.observability import MODEL_DEPLOYS, MODEL_SWAP_SECONDS, log_event
 from digitflow.redis_client import connect
 from digitflow.settings import InferenceSettings
-from inference_worker.model import LoadedModel
+from digitnet.loading import LoadedModel
 from inference_worker.serving import Key, ModelCache
 
 logger = logging.getLogger("inference_worker.deploy")
@@ -95,7 +96,7 @@ class DeployWatcher:
     def stop(self) -> None:
         self._stop.set()
         with contextlib.suppress(redis.RedisError):
-            self.client.zrem(PREFIX + SERVERS, self.name)
+            self.client.zrem(workers(SERVERS), self.name)
 
     def _run(self) -> None:
         listener = connect(self.settings.redis_url, socket_timeout=None)  # type: ignore[arg-type]
@@ -125,7 +126,7 @@ class DeployWatcher:
                     pubsub.close()
 
     def beat(self) -> None:
-        self.client.zadd(PREFIX + SERVERS, {self.name: time.time()})
+        self.client.zadd(workers(SERVERS), {self.name: time.time()})
 
     def on_deploy(self, message: dict[str, Any]) -> None:
         """Run one phase of a deploy and answer the promotion that announced it."""

@@ -8,7 +8,7 @@ jobs resolve to and drops the old one. A job therefore never waits on a hot swap
 has loaded yet (cold) is loaded on the job's path. At most MAX_LOADED_MODELS versions stay in
 memory; the least recently used goes first. Files come from the registry into the local model
 cache once (``inference_worker.artifacts``). Models the registry does not know (or no registry
-at all) are served from the shipped ``models/<name>/<latest>/``, as before.
+at all) are served from the shipped ``MODEL_DIR/<name>/<latest>/``.
 
 Loading happens in the pool process, never before fork (CUDA does not survive fork). A version
 that fails to load is not retried on every batch: the failure is remembered for a few seconds.
@@ -30,12 +30,13 @@ import redis
 
 from digitflow.errors import DigitflowError, ModelNotFoundError, ModelUnavailableError, ModelVersionNotFoundError
 from digitflow.messages import Item
-from digitflow.model_view import read_entry, resolve
+from digitflow.model_spec import resolve
+from digitflow.model_view import read_entry
 from digitflow.observability import MODEL_EVICTIONS, MODEL_LOADED, MODEL_LOADS, log_event
 from digitflow.redis_client import connect
 from digitflow.settings import InferenceSettings
+from digitnet.loading import LoadedModel, load_model
 from inference_worker.artifacts import fetch_version
-from inference_worker.model import LoadedModel, load_model
 
 logger = logging.getLogger("inference_worker.serving")
 RETRY_FAILED_LOAD_S = 5.0
@@ -150,9 +151,13 @@ class ModelCache:
                 path = Path(target.source) if target.direct else self._fetch(target)
                 model = load_model(path, device=self.settings.device, threads=self.settings.torch_threads)
             except Exception as exc:
-                err = exc if isinstance(exc, DigitflowError) else ModelUnavailableError(
-                    f"model {name!r} version {version} could not be loaded: {type(exc).__name__}", model=name
-                )  # fmt: skip
+                err = (
+                    exc
+                    if isinstance(exc, DigitflowError)
+                    else ModelUnavailableError(
+                        f"model {name!r} version {version} could not be loaded: {type(exc).__name__}", model=name
+                    )
+                )
                 self._failures[target.key] = (time.monotonic(), err)
                 MODEL_LOADS.labels(name, "failed").inc()
                 log_event(logger, "model_load_failed", logging.ERROR, model=name, version=version, error_code=err.code)

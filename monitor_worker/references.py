@@ -1,7 +1,7 @@
 """Each version's reference (``reference.safetensors``), fetched from the registry once.
 
 A version registered before its reference existed (the shipped versions of an older
-installation) falls back to ``models/<name>/<version>/`` when that folder holds the same weights.
+installation) falls back to ``MODEL_DIR/<name>/<version>/`` when that folder holds the same weights.
 """
 
 from __future__ import annotations

@@ -14,15 +14,16 @@ import redis
 from celery import Celery
 from prometheus_client import Gauge
 
-from digitflow.model_view import production_of, read_view
+from digitflow.model_spec import production_of
+from digitflow.model_view import read_view
 from digitflow.monitor_store import pruned_until, retrain_state, set_pruned_until, take_retrain_lock, write_report
-from digitflow.monitoring import model_report
 from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
 from digitflow.settings import MonitorSettings
 from digitflow.tasks import MONITOR_RUN, TRAINING_QUEUE, TRAINING_RETRAIN
 from monitor_worker.references import References
+from monitor_worker.report import model_report
 
 logger = logging.getLogger("monitor_worker")
 LABELS = ("model", "version", "window")
@@ -145,8 +146,11 @@ def register_tasks(app: Celery, settings: MonitorSettings) -> None:
 
     def resources() -> tuple[redis.Redis, PredictionLog, References]:
         if not state:
-            state.update(client=connect(settings.redis_url), log=PredictionLog(settings.prediction_db_url),
-                         refs=References(settings))  # fmt: skip
+            state.update(
+                client=connect(settings.redis_url),
+                log=PredictionLog(settings.prediction_db_url),
+                refs=References(settings),
+            )
         return state["client"], state["log"], state["refs"]
 
     @app.task(name=MONITOR_RUN, acks_late=False)

@@ -73,9 +73,18 @@ def log_row(item: Item, result: dict[str, Any], predicted: int) -> dict[str, Any
         calibrated = float(softmax(logits / float(temperature)).max())
     ink: list[float | None] = [*item.get("ink", [None, None, None])]
     return {
-        "job_id": item["job_id"], "model": item["model"], "version": str(item.get("version", "")),
-        "label": predicted, "classes": len(logits), "confidence": result["confidence"], "calibrated": calibrated,
-        "outlier_score": item.get("outlier_score"), "outlier": bool(result["outlier"]),
-        "ink_ratio": ink[0], "mean_intensity": ink[1], "aspect": ink[2],
-        "pixels": item.get("pixels"), "embedding": item.get("embedding"),
-    }  # fmt: skip
+        "job_id": item["job_id"],
+        "model": item["model"],
+        "version": str(item.get("version", "")),
+        "label": predicted,
+        "classes": len(logits),
+        "confidence": result["confidence"],
+        "calibrated": calibrated,
+        "outlier_score": item.get("outlier_score"),
+        "outlier": bool(result["outlier"]),
+        "ink_ratio": ink[0],
+        "mean_intensity": ink[1],
+        "aspect": ink[2],
+        "pixels": item.get("pixels"),
+        "embedding": item.get("embedding"),
+    }

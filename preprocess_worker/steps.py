@@ -10,7 +10,7 @@ from __future__ import annotations
 from io import BytesIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy import ndimage
 
 from digitflow.errors import InvalidImageError, NoInkError
@@ -26,15 +26,6 @@ _MIN_CONTRAST = 24.0  # on 0..255: fainter marks are paper texture or JPEG noise
 _WINDOW = 0.25  # background window, as a share of the long side: wider than strokes, narrower than shadows
 _ALPHA_SHARE = 0.10  # this share of (nearly) transparent pixels makes the alpha channel the ink
 _HIGH_DEPTH = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 def preprocess(data: bytes, max_pixels: int) -> bytes:
@@ -61,10 +52,14 @@ def decode(data: bytes, max_pixels: int, work_size: int = 256) -> Image.Image:
                 opened.draft("L", (work_size, work_size))
             opened.load()
             orientation = _orientation(opened)
-            # Shrink before turning upright: the EXIF rotation then moves few pixels.
+            # Shrink before turning upright: the EXIF rotation then moves few pixels. The
+            # shrunk copy carries only the orientation tag for ImageOps to apply.
             img = _shrink(_working_mode(opened), work_size)
-            if orientation in _TRANSPOSE:
-                img = img.transpose(_TRANSPOSE[orientation])
+            if orientation != 1:
+                tag = Image.Exif()
+                tag[0x0112] = orientation
+                img.info["exif"] = tag.tobytes()
+                img = ImageOps.exif_transpose(img)
     except Exception as exc:  # decoders fail on hostile data in many ways; all mean "corrupt"
         raise InvalidImageError("The image data is corrupt or truncated.", format=info.format) from exc
     if img.mode == "RGBA":
@@ -99,19 +94,6 @@ def normalize(ink: Image.Image) -> np.ndarray:
     ys, xs = np.nonzero(soft)
     crop = soft[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     return _centre(_shape(crop))
-
-
-def ink_stats(pixels: np.ndarray) -> dict[str, float]:
-    """Summarise a normalized digit (28x28 or 784 values): ink_ratio (share of pixels > 64),
-    mean_intensity (0..1) and aspect (ink bounding box width / height; 0 without ink)."""
-    arr = np.asarray(pixels, dtype=np.float32)
-    arr = arr.reshape(SIDE, SIDE) if arr.size == SIDE * SIDE else np.atleast_2d(arr)
-    ink = arr > 64
-    aspect = 0.0
-    if ink.any():
-        ys, xs = np.nonzero(ink)
-        aspect = (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
-    return {"ink_ratio": float(ink.mean()), "mean_intensity": float(arr.mean() / 255.0), "aspect": float(aspect)}
 
 
 def _orientation(img: Image.Image) -> int:

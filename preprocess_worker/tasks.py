@@ -9,6 +9,7 @@ from celery import Celery, Task
 from digitflow.errors import DigitflowError, InvalidImageError, UnsupportedProfileError
 from digitflow.jobs import JobStore
 from digitflow.messages import Batch, Item
+from digitflow.model_files import DIGITS_PROFILE, FASHION_PROFILE
 from digitflow.reference import ink_stats
 from digitflow.settings import WorkerSettings
 from digitflow.stage import run_stage
@@ -18,8 +19,7 @@ from preprocess_worker.steps import preprocess
 from preprocess_worker.steps_fashion import preprocess_fashion
 
 # Each model's input profile (from the registry, carried in the job's item) picks its steps.
-PROFILES = {"digits-mnist": preprocess, "fashion-mnist": preprocess_fashion}
-DEFAULT_PROFILE = "digits-mnist"
+PROFILES = {DIGITS_PROFILE: preprocess, FASHION_PROFILE: preprocess_fashion}
 
 
 class ImageMissingError(InvalidImageError):
@@ -40,7 +40,7 @@ def preprocess_items(
             continue
         if crash_marker and crash_marker in data:
             os.abort()  # fault injection (FAULT_CRASH_MARKER): behave like a crashing decoder
-        profile = item.get("profile") or DEFAULT_PROFILE
+        profile = item.get("profile") or DIGITS_PROFILE
         steps = PROFILES.get(profile)
         if steps is None:
             out.append(UnsupportedProfileError(f"no preprocessing for input profile {profile!r}", profile=profile[:64]))

@@ -19,17 +19,19 @@ from typing import Any
 import redis
 from celery import Celery, signals
 
-from digitflow.deploy import Deployer
+from digitflow.deploy_protocol import publish_deploy
 from digitflow.errors import DigitflowError
+from digitflow.keys import REGISTRY_SEEN_PREFIX
 from digitflow.model_store import RegistryStore
-from digitflow.model_view import publish_deploy, read_production, send_reply, write_entries
+from digitflow.model_view import read_production, write_entries
 from digitflow.observability import log_event
-from digitflow.redis_client import connect
+from digitflow.redis_client import claim, connect
+from digitflow.registry_client import send_reply
 from digitflow.settings import RegistrySettings
 from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC
+from registry_worker.deploy import Deployer
 
 logger = logging.getLogger("registry_worker")
-SEEN_PREFIX = "df:registry:seen:"
 
 
 class RegistryService:
@@ -53,7 +55,7 @@ class RegistryService:
         """Run ``action`` once per request id and reply with its result or its error."""
         request_id = str(request.get("request_id") or uuid.uuid4().hex)
         client = self.deployer.redis
-        if not client.set(SEEN_PREFIX + request_id, "1", nx=True, ex=3600):
+        if not claim(client, REGISTRY_SEEN_PREFIX + request_id, 3600):
             return  # a duplicate delivery: the first one answered
         try:
             with self.lock:

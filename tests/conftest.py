@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from digitflow.supervisor import find_redis_server, free_port, wait_for_redis
+from digitflow_cli.supervisor import free_port, redis_argv, wait_for_redis
 
 
 @dataclass
@@ -32,9 +32,7 @@ class RedisServer:
 
 def start_redis(data_dir: Path, port: int | None = None) -> RedisServer:
     port = port or free_port()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
-    argv += ["--dir", str(data_dir), "--logfile", str(data_dir / "redis.log")]
+    argv = [*redis_argv(data_dir, port), "--logfile", str(data_dir / "redis.log")]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, proc, data_dir)
     wait_for_redis(server.url())

@@ -7,9 +7,12 @@ import shutil
 from pathlib import Path
 
 from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE, sha256_file
+from digitflow.settings import shipped_models_dir
+from training_worker.settings import BASE_DATA_FILE, shipped_data_dir
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models"
+SHIPPED = shipped_models_dir()
+# The base data set as installed (training_worker/data), read by tests that need real digits.
+MNIST_NPZ = shipped_data_dir() / BASE_DATA_FILE
 
 
 def copy_of(name: str, dst: Path, note: str = "copy") -> Path:

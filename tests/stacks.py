@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from digitflow.supervisor import ServiceSpec, StackConfig, Supervisor, build_specs, free_port
+from digitflow_cli.supervisor import ServiceSpec, StackConfig, Supervisor, build_specs, free_port
 
 
 @dataclass

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from digitflow.supervisor import free_port
+from digitflow_cli.supervisor import free_port
 from tests.integration.test_pipeline import heldout_digits, paper_photo
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-CLI = [sys.executable, "-m", "digitflow.cli"]
+CLI = [sys.executable, "-m", "digitflow_cli.main"]
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,12 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "VAR_DIR": str(var)}
     proc = subprocess.Popen(
         [*CLI, "run", "--port", str(port), "--flower-port", str(flower), "--metrics-ports", metrics],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     assert proc.stdout is not None
     deadline = time.monotonic() + 120

@@ -19,9 +19,10 @@ import requests
 from PIL import Image
 
 from digitflow.celery_app import make_celery
+from digitflow.deploy_protocol import SERVERS
 from digitflow.heartbeat import live_workers
 from digitflow.model_store import RegistryStore
-from digitflow.model_view import SERVERS, read_entry
+from digitflow.model_view import read_entry
 from digitflow.registry_client import RegistryClient
 from digitflow.settings import CoreSettings
 from digitflow.tasks import REGISTRY_SYNC
@@ -67,7 +68,7 @@ def cli(stack: Stack, *args: str, timeout: float = 180) -> subprocess.CompletedP
         "HEARTBEAT_TTL_S": "3",
         "HEARTBEAT_INTERVAL_S": "0.5",
     }
-    argv = [sys.executable, "-m", "digitflow.cli", *args]
+    argv = [sys.executable, "-m", "digitflow_cli.main", *args]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 

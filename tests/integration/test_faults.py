@@ -1,7 +1,7 @@
 """Fault injection against real Redis and real worker processes: nothing accepted is lost.
 
 Each test starts its own stack (and, where Redis itself is the fault, its own Redis). The
-recovery times they print are the ones the README's "Reliability" section states.
+recovery times they print are the ones docs/reliability.md states.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import redis
 import requests
 from PIL import Image, PngImagePlugin
 
-from digitflow.jobs import DONE_CHANNEL
-from digitflow.supervisor import free_port
+from digitflow.keys import DONE_CHANNEL
+from digitflow_cli.supervisor import free_port
 from tests.conftest import RedisServer, start_redis, stop_redis, wait_until
 from tests.integration.test_pipeline import heldout_digits, paper_photo
 from tests.stacks import Stack, start_stack
@@ -220,7 +220,7 @@ def test_redis_restart_mid_stream(tmp_path: Path) -> None:
 
 
 def test_services_wait_for_redis_at_start(tmp_path: Path) -> None:
-    from digitflow.supervisor import StackConfig, Supervisor, build_specs
+    from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs
 
     port = free_port()
     config = StackConfig(

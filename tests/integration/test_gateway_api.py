@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from PIL import Image
 
 from digitflow.settings import GatewaySettings
-from digitflow.supervisor import free_port
+from digitflow_cli.supervisor import free_port
 from gateway import create_app
 from tests.conftest import wait_until
 

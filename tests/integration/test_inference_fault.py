@@ -14,6 +14,7 @@ import pytest
 import redis
 import requests
 
+from digitflow.settings import shipped_models_dir
 from tests.conftest import RedisServer
 from tests.integration.test_pipeline import blank_page, heldout_digits, paper_photo
 from tests.stacks import Stack, start_stack
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def broken_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     model = tmp_path_factory.mktemp("corrupt") / "digits" / "1"
-    shutil.copytree(ROOT / "models" / "digits" / "1", model)
+    shutil.copytree(shipped_models_dir() / "digits" / "1", model)
     weights = model / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 256] = bytes(256)  # garble the tensors, keep the header

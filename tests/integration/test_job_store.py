@@ -7,7 +7,8 @@ import time
 import redis
 
 from digitflow.errors import DeadlineExceededError, DigitflowError
-from digitflow.jobs import ACTIVE_KEY, JobStore, NewJob, new_job_id
+from digitflow.jobs import JobStore, NewJob, new_job_id
+from digitflow.keys import ACTIVE_JOBS
 
 
 def make_jobs(store: JobStore, n: int) -> list[str]:
@@ -27,7 +28,7 @@ def test_a_finished_job_is_never_written_again(redis_client: redis.Redis) -> Non
     job = store.get(job_id)
     assert job["status"] == "succeeded" and job["result"] == {"label": 3} and job["error"] is None
     assert redis_client.get(f"df:img:{job_id}") is None, "the parked image is dropped when the job ends"
-    assert redis_client.zscore(ACTIVE_KEY, job_id) is None
+    assert redis_client.zscore(ACTIVE_JOBS, job_id) is None
 
 
 def test_completions_are_published_once_per_job(redis_client: redis.Redis) -> None:
@@ -75,7 +76,7 @@ def test_overdue_jobs_fail_at_the_stage_they_wait_in(redis_client: redis.Redis) 
         "stage": "inference",
     }
     assert store.get(done)["status"] == "succeeded"
-    assert redis_client.zcard(ACTIVE_KEY) == 0
+    assert redis_client.zcard(ACTIVE_JOBS) == 0
     assert store.fail_overdue(0.0, lambda stage: DeadlineExceededError("x")) == []
 
 

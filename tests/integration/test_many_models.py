@@ -12,13 +12,13 @@ import pytest
 import redis
 import requests
 
-from digitflow.supervisor import ServiceSpec, StackConfig, free_port, worker_spec
-from inference_worker.datasets import FASHION_DIR, read_idx
+from digitflow_cli.supervisor import ServiceSpec, StackConfig, free_port, worker_spec
 from tests.conftest import RedisServer
 from tests.integration.models_support import fashion_photo, metric, store_of, submit, sync_view, wait_for_registry
 from tests.integration.test_pipeline import heldout_digits, paper_photo
 from tests.model_dirs import copy_of
 from tests.stacks import Stack, start_stack
+from training_worker.datasets import FASHION_DIR, read_idx
 
 pytestmark = pytest.mark.slow
 FASHION_PORT = free_port()

@@ -26,20 +26,27 @@ import requests
 from bench.drift_demo import photo
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
-from inference_worker.datasets import load_mnist_5k
 from tests.conftest import RedisServer, create_postgres_database, drop_postgres_database, wait_until
 from tests.integration.models_support import ROOT, store_of, submit_with, wait_for_registry
 from tests.stacks import Stack, start_stack
+from training_worker.datasets import load_mnist_5k
 
 pytestmark = pytest.mark.slow
 ENV = {
-    "MONITOR_INTERVAL_S": "1", "WINDOW_SCALE": str(60 / 3600), "BUCKET_S": "5", "MIN_JOBS": "40",
-    "SAMPLE_SIZE": "100", "PERMUTATIONS": "200", "RETRAIN_MIN_LABELS": "120", "RETRAIN_EPOCHS": "2",
-    "RETRAIN_HOLDBACK": "0.3", "RETRAIN_COOLDOWN_S": "600",
+    "MONITOR_INTERVAL_S": "1",
+    "WINDOW_SCALE": str(60 / 3600),
+    "BUCKET_S": "5",
+    "MIN_JOBS": "40",
+    "SAMPLE_SIZE": "100",
+    "PERMUTATIONS": "200",
+    "RETRAIN_MIN_LABELS": "120",
+    "RETRAIN_EPOCHS": "2",
+    "RETRAIN_HOLDBACK": "0.3",
+    "RETRAIN_COOLDOWN_S": "600",
     # Shorter than a retrain: Redis hands the training message out again once it ends (see
     # digitflow.monitor_store.claim_retrain); the retrain must still run once.
     "VISIBILITY_TIMEOUT_S": "5",
-}  # fmt: skip
+}
 JOBS = 260
 # Rotated 40 degrees, strokes 7 px thick: version 1 gets ~85% of the inliers right, so the
 # held-back slice (~40 rows) gives the retrained candidate a clear margin to beat.
@@ -151,8 +158,12 @@ def test_drift_is_detected_exported_and_retrained_away(stack: Stack, database: s
     assert len(params["feedback_ids_sha256"]) == 64
 
     # The fleet serves version 2 without a restart, better on fresh digits of the shifted hand.
-    wait_until(lambda: shifted_traffic(stack, 1, offset=JOBS)[0][0]["model"]["version"] == "2", 30, 0.5,
-               what="version 2 served")  # fmt: skip
+    wait_until(
+        lambda: shifted_traffic(stack, 1, offset=JOBS)[0][0]["model"]["version"] == "2",
+        30,
+        0.5,
+        what="version 2 served",
+    )
     after = shifted_traffic(stack, 120, offset=JOBS + 1)
     assert {job["model"]["version"] for job, _ in after} == {"2"}
     assert float(np.mean([job["result"]["label"] == truth for job, truth in after])) > before
@@ -163,11 +174,15 @@ def test_drift_is_detected_exported_and_retrained_away(stack: Stack, database: s
 
     # The terminal table reads the same report.
     cli = subprocess.run(
-        [sys.executable, "-m", "digitflow.cli", "monitor", "report", "digits", "--url", stack.base_url],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )  # fmt: skip
+        [sys.executable, "-m", "digitflow_cli.main", "monitor", "report", "digits", "--url", stack.base_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert cli.returncode == 0, cli.stderr
-    assert re.search(r"^1\s+1h\s+\d+.*input_drift", cli.stdout, re.M), cli.stdout
+    assert re.search(r"^1\s+1d\s+\d+.*input_drift", cli.stdout, re.M), cli.stdout
     assert "-> version 2, promoted=True" in cli.stdout
     # Every job is in the configured prediction log (PostgreSQL here when one is reachable).
     log = PredictionLog(database or f"sqlite:///{stack.config.var_dir / 'predictions.db'}")

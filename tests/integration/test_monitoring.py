@@ -12,11 +12,11 @@ import pytest
 import requests
 from PIL import Image
 
-from digitflow.monitoring import WINDOWS
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
 from digitflow.settings import MonitorSettings
 from monitor_worker.references import References
+from monitor_worker.report import WINDOWS
 from monitor_worker.tasks import run_monitor
 from tests.conftest import RedisServer, wait_until
 from tests.integration.models_support import submit, wait_for_registry
@@ -108,9 +108,11 @@ def test_monitor_report_over_http(stack: Stack, tmp_path: Path) -> None:
         wait_until(lambda j=job: log_of(stack).get(j["job_id"]) is not None, 10, what="row")
         assert feedback(stack, job["job_id"], {"label": label}).status_code == 200
     s = MonitorSettings(
-        redis_url=stack.config.redis_url, var_dir=stack.config.var_dir,
-        mlflow_tracking_uri=stack.config.tracking_uri, min_jobs=10,
-    )  # fmt: skip
+        redis_url=stack.config.redis_url,
+        var_dir=stack.config.var_dir,
+        mlflow_tracking_uri=stack.config.tracking_uri,
+        min_jobs=10,
+    )
     client = connect(s.redis_url)
     run_monitor(s, client, log_of(stack), References(s), ["digits"])
     body = stack.session.get(f"{stack.base_url}/v1/monitoring/digits", timeout=10).json()

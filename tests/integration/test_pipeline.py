@@ -19,13 +19,14 @@ from digitflow.celery_app import make_celery
 from digitflow.messages import make_batch
 from digitflow.settings import CoreSettings
 from tests.conftest import RedisServer, wait_until
+from tests.model_dirs import MNIST_NPZ
 from tests.stacks import Stack, start_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def heldout_digits(n: int, seed: int = 1) -> list[tuple[np.ndarray, int]]:
-    data = np.load(ROOT / "data" / "mnist_5k.npz")
+    data = np.load(MNIST_NPZ)
     idx = np.random.default_rng(seed).choice(data["heldout_idx"], n, replace=False)
     return [(data["images"][i], int(data["labels"][i])) for i in idx]
 

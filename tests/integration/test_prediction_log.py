@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from digitflow.errors import ConfigurationError
-from digitflow.monitoring import accuracy_by_age
 from digitflow.predlog import PredictionLog
 from digitflow.settings import MonitorSettings
+from monitor_worker.report import accuracy_by_age
 from monitor_worker.tasks import prune_log
 
 DAY = 86400.0
@@ -27,9 +27,24 @@ def log(prediction_db_url: str) -> Iterator[PredictionLog]:
 
 
 def row(job: str, at: float, label: int = 3, version: str = "1", model: str = "digits", **extra: Any) -> dict[str, Any]:
-    return {"job_id": job, "at": at, "model": model, "version": version, "label": label, "classes": 10,
-            "confidence": 0.9, "calibrated": 0.88, "outlier_score": 10.0, "outlier": False, "ink_ratio": 0.2,
-            "mean_intensity": 40.0, "aspect": 1.0, "pixels": bytes(784), "embedding": bytes(256), **extra}  # fmt: skip
+    return {
+        "job_id": job,
+        "at": at,
+        "model": model,
+        "version": version,
+        "label": label,
+        "classes": 10,
+        "confidence": 0.9,
+        "calibrated": 0.88,
+        "outlier_score": 10.0,
+        "outlier": False,
+        "ink_ratio": 0.2,
+        "mean_intensity": 40.0,
+        "aspect": 1.0,
+        "pixels": bytes(784),
+        "embedding": bytes(256),
+        **extra,
+    }
 
 
 def test_batches_feedback_and_redelivery(log: PredictionLog) -> None:
@@ -51,9 +66,15 @@ def test_batches_feedback_and_redelivery(log: PredictionLog) -> None:
 
 def test_accuracy_by_age_counts_every_kept_row(log: PredictionLog) -> None:
     # Version 1: right on day 1, half right in week 1, wrong in month 1 and quarter 1 (60 days on).
-    rows = [row("d1", T0, label=2), row("w1a", T0 + 2 * DAY, label=2), row("w1b", T0 + 3 * DAY, label=2),
-            row("m1", T0 + 20 * DAY, label=2), row("q1", T0 + 60 * DAY, label=2),
-            row("other", T0 + 1, label=2, version="2"), row("unlabelled", T0 + 5)]  # fmt: skip
+    rows = [
+        row("d1", T0, label=2),
+        row("w1a", T0 + 2 * DAY, label=2),
+        row("w1b", T0 + 3 * DAY, label=2),
+        row("m1", T0 + 20 * DAY, label=2),
+        row("q1", T0 + 60 * DAY, label=2),
+        row("other", T0 + 1, label=2, version="2"),
+        row("unlabelled", T0 + 5),
+    ]
     log.append(rows)
     for job, truth in (("d1", 2), ("w1a", 2), ("w1b", 7), ("m1", 7), ("q1", 0), ("other", 9)):
         log.set_feedback(job, truth)

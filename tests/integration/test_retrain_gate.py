@@ -9,30 +9,42 @@ from typing import Any
 import numpy as np
 import pytest
 
-import inference_worker.retrain as retrain_mod
+import training_worker.retrain as retrain_mod
 from digitflow.model_store import RegistryStore
 from digitflow.monitor_store import release_retrain_lock, retrain_history, take_retrain_lock
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
-from digitflow.settings import REPO_ROOT, MonitorSettings
-from inference_worker.datasets import load_mnist_5k
-from inference_worker.net import DigitNet
+from digitflow.settings import shipped_models_dir
+from digitnet.net import DigitNet
+from training_worker.datasets import load_mnist_5k
+from training_worker.settings import TrainingSettings
 
 
 def test_a_worse_candidate_is_registered_with_lineage_but_not_promoted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = MonitorSettings(var_dir=tmp_path, retrain_min_labels=50, retrain_epochs=1)
+    s = TrainingSettings(var_dir=tmp_path, retrain_min_labels=50, retrain_epochs=1)
     store = RegistryStore(s.tracking_uri, s.artifact_root)
-    store.bootstrap(REPO_ROOT / "models")
+    store.bootstrap(shipped_models_dir())
     images, labels, held = load_mnist_5k()
-    train = np.setdiff1d(np.arange(len(labels)), held)[:80]
+    # Shuffled: the file is sorted by label, and 24 zeros in a row would let a constant guess
+    # of an untrained network score 100% on the recent slice (one RNG state in ten).
+    train = np.random.default_rng(0).permutation(np.setdiff1d(np.arange(len(labels)), held))[:80]
     log = PredictionLog(s.prediction_db_url)
-    log.append([
-        {"job_id": f"{i:032x}", "model": "digits", "version": "1", "label": int(labels[j]), "classes": 10,
-         "confidence": 0.99, "pixels": images[j].tobytes()}
-        for i, j in enumerate(train)
-    ])  # fmt: skip
+    log.append(
+        [
+            {
+                "job_id": f"{i:032x}",
+                "model": "digits",
+                "version": "1",
+                "label": int(labels[j]),
+                "classes": 10,
+                "confidence": 0.99,
+                "pixels": images[j].tobytes(),
+            }
+            for i, j in enumerate(train)
+        ]
+    )
     for i, j in enumerate(train):
         log.set_feedback(f"{i:032x}", int(labels[j]))
 
@@ -61,14 +73,18 @@ def test_a_redelivered_retrain_request_runs_once(tmp_path: Path, redis_url: str)
     longer than that comes back. The request's token makes the copy a no-op, and the lock is
     released only by the request that holds it."""
     client = connect(redis_url)
-    s = MonitorSettings(redis_url=redis_url, var_dir=tmp_path, retrain_min_labels=50)
+    s = TrainingSettings(redis_url=redis_url, var_dir=tmp_path, retrain_min_labels=50)
+
+    def never(*_: str) -> dict[str, Any]:
+        raise AssertionError("nothing is trained, registered or promoted here")
+
     assert take_retrain_lock(client, "digits", "token-a")
-    first = retrain_mod.run_retrain("digits", "drift", s, token="token-a")
+    first = retrain_mod.run_retrain("digits", "drift", s, never, never, token="token-a")
     assert first is not None and first["promoted"] is False and "retraining needs 50" in first["reason"]
-    assert retrain_mod.run_retrain("digits", "drift", s, token="token-a") is None  # the redelivered copy
+    assert retrain_mod.run_retrain("digits", "drift", s, never, never, token="token-a") is None  # the redelivered copy
     assert [o["trigger"] for o in retrain_history(client, "digits")] == ["drift"]
     assert take_retrain_lock(client, "digits", "token-b")  # released by token-a's run
-    assert retrain_mod.run_retrain("digits", "manual", s) is not None  # manual: no token
+    assert retrain_mod.run_retrain("digits", "manual", s, never, never) is not None  # manual: no token
     release_retrain_lock(client, "digits", "token-a")  # not token-a's lock any more
     assert not take_retrain_lock(client, "digits", "token-c")
     assert len(retrain_history(client, "digits")) == 2

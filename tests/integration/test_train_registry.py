@@ -18,18 +18,18 @@ from typing import Any
 import redis
 from PIL import Image
 
-from digitflow.deploy import Deployer
 from digitflow.model_store import RegistryStore
 from digitflow.model_view import read_entry
-from digitflow.settings import CoreSettings
-from inference_worker.lifecycle import train_and_register
-from inference_worker.train import TrainConfig
+from registry_worker.deploy import Deployer
+from training_worker.register import train_and_register
+from training_worker.settings import TrainingSettings
+from training_worker.trainer import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_train_register_and_promote_only_when_better(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> None:
-    settings = CoreSettings(redis_url=redis_url, var_dir=tmp_path)
+    settings = TrainingSettings(redis_url=redis_url, var_dir=tmp_path)
     store = RegistryStore(settings.tracking_uri, settings.artifact_root)
     deployer = Deployer(store, redis_client, timeout_s=5)
 
@@ -41,7 +41,7 @@ def test_train_register_and_promote_only_when_better(redis_url: str, redis_clien
     assert random["heldout_accuracy"] < 0.3
 
     env = {**os.environ, "REDIS_URL": redis_url, "VAR_DIR": str(tmp_path), "MLFLOW_TRACKING_URI": settings.tracking_uri}
-    argv = [sys.executable, "-m", "digitflow.cli", "train", "digits", "--epochs", "1", "--promote-if-better"]
+    argv = [sys.executable, "-m", "digitflow_cli.main", "train", "digits", "--epochs", "1", "--promote-if-better"]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epoch 1/1 [" in done.stderr and "100%" in done.stderr  # the progress bar

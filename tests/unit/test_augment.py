@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import Tensor
 
-from inference_worker.augment import (
+from tests.model_dirs import MNIST_NPZ
+from training_worker.augment import (
     AugmentConfig,
     augment,
     random_affine,
@@ -19,7 +19,7 @@ from inference_worker.augment import (
     random_thickness,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "mnist_5k.npz"
+DATA = MNIST_NPZ
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +72,17 @@ def test_each_step_changes_images_and_keeps_shape(digits: Tensor, step: str) -> 
 
 def test_identity_config_is_a_no_op(digits: Tensor) -> None:
     cfg = AugmentConfig(
-        rotation_deg=0, shear=0, scale=(1, 1), shift_px=0, p_dilate=0, p_erode=0, p_blur=0,
-        peak=(1, 1), gamma=(1, 1), max_noise_std=0,
-    )  # fmt: skip
+        rotation_deg=0,
+        shear=0,
+        scale=(1, 1),
+        shift_px=0,
+        p_dilate=0,
+        p_erode=0,
+        p_blur=0,
+        peak=(1, 1),
+        gamma=(1, 1),
+        max_noise_std=0,
+    )
     out = augment(digits, torch.Generator().manual_seed(0), cfg)
     assert float((out - digits).abs().max()) < 1e-5
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -12,14 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-from digitflow.supervisor import StackConfig, build_specs
 from digitflow.tasks import QUEUE_OF_STAGE
+from digitflow_cli.supervisor import StackConfig, build_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = {"preprocess_worker": "preprocess", "inference_worker": "inference", "postprocess_worker": "postprocess"}
 SECRETS = {"REDIS_PASSWORD": "test-secret", "FLOWER_USER": "admin", "FLOWER_PASSWORD": "test-pass"}
 SECRETS["POSTGRES_PASSWORD"] = "pg-pass"
+SECRETS["GRAFANA_PASSWORD"] = "grafana-pass"
 MONITORING = {"monitor_worker", "monitor_beat", "training_worker", "postgres"}
+OBSERVABILITY = {"prometheus", "grafana", "jaeger"}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,16 @@ def dockerfile_stages() -> dict[str, str]:
 
 def test_every_service_is_there_with_a_health_check_and_restart_policy(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"redis", "gateway", *WORKERS, "registry_worker", "mlflow", "flower", *MONITORING}
+    assert set(services) == {
+        "redis",
+        "gateway",
+        *WORKERS,
+        "registry_worker",
+        "mlflow",
+        "flower",
+        *MONITORING,
+        *OBSERVABILITY,
+    }
     for name, service in services.items():
         assert "healthcheck" in service, f"{name} has no health check"
         assert service.get("restart") == "unless-stopped", name
@@ -65,15 +77,18 @@ def test_worker_commands_match_the_real_entry_points(compose: dict[str, Any], se
 def test_gateway_runs_the_app_factory_under_gunicorn(compose: dict[str, Any]) -> None:
     command = compose["services"]["gateway"]["command"]
     assert command[0] == "gunicorn" and command[-1] == "gateway:create_app()"
-    assert (ROOT / command[command.index("-c") + 1]).is_file()
+    config = command[command.index("-c") + 1]
+    assert config.startswith("python:") and importlib.util.find_spec(config.removeprefix("python:")) is not None
 
 
-def test_only_the_inference_image_installs_torch() -> None:
+def test_only_the_inference_and_training_images_install_torch() -> None:
     stages = dockerfile_stages()
-    assert {"gateway", "preprocess", "inference", "postprocess", "flower"} <= set(stages)
+    assert {"gateway", "preprocess", "inference", "training", "postprocess", "flower"} <= set(stages)
     for name, body in stages.items():
-        installs_torch = "[inference]" in body or "torch" in body.replace("whl/cpu", "")
-        assert installs_torch == (name == "inference"), name
+        installs_torch = any(f"[{extra}" in body for extra in ("inference", "training")) or "torch" in body.replace(
+            "whl/cpu", ""
+        )
+        assert installs_torch == (name in {"inference", "training"}), name
 
 
 def test_docker_compose_validates_the_file() -> None:
@@ -133,7 +148,7 @@ def test_prediction_log_is_postgres_for_exactly_the_services_that_use_it(compose
     for name in ("preprocess_worker", "inference_worker", "registry_worker"):
         assert "DATABASE_URL" not in services[name]["environment"], name
     stages = dockerfile_stages()
-    for stage in ("gateway", "postprocess", "monitor", "inference"):
+    for stage in ("gateway", "postprocess", "monitor", "training"):
         assert "postgres" in stages[stage], stage
 
 
@@ -141,7 +156,7 @@ def test_monitor_and_training_services_match_the_local_stack(compose: dict[str, 
     local = {s.name: s.argv for s in build_specs(StackConfig(flower=False, monitoring=True))}
     for service, name, app, queue in (
         ("monitor_worker", "monitor", "monitor_worker.worker:app", "monitor"),
-        ("training_worker", "training", "inference_worker.training:app", "training"),
+        ("training_worker", "training", "training_worker.worker:app", "training"),
     ):
         command = compose["services"][service]["command"]
         for argv in (command, local[name]):
@@ -150,5 +165,5 @@ def test_monitor_and_training_services_match_the_local_stack(compose: dict[str, 
     beat = compose["services"]["monitor_beat"]["command"]
     for argv in (beat, local["monitor-beat"]):
         assert "beat" in argv and argv[argv.index("--scheduler") + 1] == "celery.beat:Scheduler"  # no shelve file
-    assert compose["services"]["training_worker"]["build"]["target"] == "inference"
+    assert compose["services"]["training_worker"]["build"]["target"] == "training"
     assert "monitor" not in {s.name for s in build_specs(StackConfig(flower=False))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from digitflow import drift_stats as ds
+from monitor_worker import drift_stats as ds
 
 REF_FREQ = np.full(10, 0.1)
 

@@ -22,7 +22,7 @@ HEAVY = ("torch", "mlflow")
         "import gateway.models_api, gateway.jobs_api, gateway.uploads, gateway.monitoring_api",
         "import preprocess_worker.worker, preprocess_worker.tasks, preprocess_worker.steps_fashion",
         "import postprocess_worker.worker, postprocess_worker.tasks",
-        "import digitflow.cli, digitflow.cli_models, digitflow.model_view, digitflow.registry_client",
+        "import digitflow_cli.main, digitflow_cli.models_cmd, digitflow.model_view, digitflow.registry_client",
     ],
     ids=["gateway", "preprocess", "postprocess", "cli"],
 )

@@ -33,9 +33,16 @@ def test_event_fields_are_all_in_the_line() -> None:
         logger.removeHandler(handler)
     done, crash = handler.lines
     assert done == {
-        "ts": done["ts"], "level": "info", "service": "preprocess", "logger": "test.json_logging",
-        "message": "batch_done", "event": "batch_done", "stage": "preprocess", "job_ids": ["a", "b"], "failed": 0,
+        "ts": done["ts"],
+        "level": "info",
+        "service": "preprocess",
+        "logger": "test.json_logging",
+        "message": "batch_done",
+        "event": "batch_done",
+        "stage": "preprocess",
+        "job_ids": ["a", "b"],
+        "failed": 0,
         "duration_ms": 1.5,
-    }  # fmt: skip
+    }
     assert crash["event"] == "crash" and crash["error_code"] == "internal" and "ValueError: boom" in crash["exc"]
     assert "args" not in crash and "exc_text" not in crash and "data" not in crash  # Celery's task-argument repr

@@ -12,11 +12,12 @@ import pytest
 
 from digitflow.errors import InvalidMessageError, ModelUnavailableError
 from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE, sha256_file
-from inference_worker.model import LoadedModel, load_model
+from digitflow.settings import shipped_models_dir
+from digitnet.loading import LoadedModel, load_model
+from tests.model_dirs import MNIST_NPZ
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-MODEL_DIR = REPO_ROOT / "models" / "digits" / "1"
-DATA = REPO_ROOT / "data" / "mnist_5k.npz"
+MODEL_DIR = shipped_models_dir() / "digits" / "1"
+DATA = MNIST_NPZ
 
 
 @pytest.fixture(scope="module")

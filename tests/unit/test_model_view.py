@@ -13,7 +13,7 @@ from digitflow.errors import (
     RegistryUnavailableError,
     error_from_dict,
 )
-from digitflow.model_view import ModelSpec, public_entry, resolve
+from digitflow.model_spec import ModelSpec, public_entry, resolve
 from digitflow.settings import ConfigurationError, CoreSettings, GatewaySettings, InferenceSettings
 from digitflow.tasks import ROUTES, inference_queue
 

@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 
 from digitflow.errors import ConfigurationError
-from digitflow.reference import fit_detector, ink_stats, load_reference
-from digitflow.settings import CoreSettings, MonitorSettings
-from inference_worker.retrain import gate
+from digitflow.reference import fit_detector, load_reference
+from digitflow.settings import CoreSettings, MonitorSettings, shipped_models_dir
 from postprocess_worker.steps import apply_detector, log_row, summarize
-from preprocess_worker.steps import ink_stats as preprocess_ink_stats
+from training_worker.retrain import gate
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["digits", "fashion"])
 def test_shipped_versions_have_a_reference(name: str) -> None:
-    ref = load_reference(ROOT / "models" / name / "1")
+    ref = load_reference(shipped_models_dir() / name / "1")
     assert ref is not None and ref.threshold > 0 and 0.1 < ref.temperature < 10
     assert ref.class_means.shape == (10, 128) and ref.precision.shape == (128, 128)
     assert ref.embeddings.shape == (500, 128) and ref.embeddings.dtype == np.float16
@@ -31,7 +30,7 @@ def test_mahalanobis_detector_flags_points_far_from_every_class() -> None:
     labels = rng.integers(0, 3, 600)
     feats = rng.normal(0, 1, (600, 8)) + labels[:, None] * 5.0
     means, precision = fit_detector(feats, labels, 3)
-    ref = load_reference(ROOT / "models" / "digits" / "1")
+    ref = load_reference(shipped_models_dir() / "digits" / "1")
     assert ref is not None
     ref.class_means, ref.precision = means, precision
     near = ref.scores(np.array([[0.0] * 8, [5.0] * 8]))
@@ -39,17 +38,17 @@ def test_mahalanobis_detector_flags_points_far_from_every_class() -> None:
     assert near.max() < 30 and far[0] > 1000
 
 
-def test_ink_stats_match_the_preprocess_definition() -> None:
-    img = np.zeros((28, 28), np.uint8)
-    img[4:24, 10:16] = 200
-    mine = ink_stats(img.tobytes())
-    theirs = preprocess_ink_stats(img)
-    assert mine == pytest.approx((theirs["ink_ratio"], theirs["mean_intensity"], theirs["aspect"]))
-
-
 def test_detector_replaces_low_confidence_signal_and_reject_policy_drops_the_label() -> None:
-    item = {"job_id": "a" * 32, "model": "digits", "logits": [5.0] + [0.0] * 9, "outlier_score": 300.0,
-            "outlier_threshold": 229.0, "temperature": 0.5, "ink": [0.2, 0.1, 0.7], "pixels": bytes(784)}  # fmt: skip
+    item = {
+        "job_id": "a" * 32,
+        "model": "digits",
+        "logits": [5.0] + [0.0] * 9,
+        "outlier_score": 300.0,
+        "outlier_threshold": 229.0,
+        "temperature": 0.5,
+        "ink": [0.2, 0.1, 0.7],
+        "pixels": bytes(784),
+    }
     flagged = apply_detector(summarize(item["logits"]), item, "flag")  # type: ignore[arg-type]
     assert flagged["outlier"] is True and flagged["label"] == 0 and flagged["outlier_score"] == 300.0
     rejected = apply_detector({**summarize(item["logits"]), "class": "0"}, item, "reject")  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from io import BytesIO
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +14,18 @@ from scipy import ndimage
 
 from digitflow.errors import DigitflowError, InvalidImageError, NoInkError
 from digitflow.images import inspect_image
-from preprocess_worker.steps import decode, ink_stats, normalize, preprocess
+from digitflow.reference import INPUT_STATS
+from digitflow.reference import ink_stats as ink_tuple
+from preprocess_worker.steps import decode, normalize, preprocess
 from tests import imagegen
+from tests.model_dirs import MNIST_NPZ
 
 MAX_PIXELS = 40_000_000
-MNIST = Path(__file__).resolve().parents[2] / "data" / "mnist_5k.npz"
+MNIST = MNIST_NPZ
+
+
+def ink_stats(pixels: np.ndarray) -> dict[str, float]:
+    return dict(zip(INPUT_STATS, ink_tuple(np.asarray(pixels, np.uint8)), strict=True))
 
 
 def _digits() -> list[tuple[str, np.ndarray]]:

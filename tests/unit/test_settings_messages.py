@@ -69,7 +69,7 @@ def test_placeholder_secrets_are_refused() -> None:
 
 
 def test_flower_refuses_placeholder_or_missing_auth() -> None:
-    from digitflow.flower import flower_argv
+    from digitflow_cli.flower import flower_argv
 
     with pytest.raises(SystemExit, match="real password"):
         flower_argv({"FLOWER_BASIC_AUTH": "admin:changeme"})

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from digitflow.errors import InvalidImageError, NoInkError
-from inference_worker.datasets import FASHION_DIR, read_idx
 from preprocess_worker.steps_fashion import fit, preprocess_fashion
+from training_worker.datasets import FASHION_DIR, read_idx
 
 MAX_PIXELS = 40_000_000
 

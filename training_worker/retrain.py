@@ -36,15 +36,14 @@ from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
 from digitflow.reference import save_reference
-from digitflow.settings import MonitorSettings
-from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_SYNC
-from inference_worker.calibrate import build_reference
-from inference_worker.datasets import load_dataset
-from inference_worker.model import WEIGHTS_FILE, load_model
-from inference_worker.net import DigitNet
-from inference_worker.train import TrainConfig, evaluate, fit, model_metadata, to_tensor, write_model_dir
+from digitnet.loading import WEIGHTS_FILE, load_model
+from digitnet.net import DigitNet
+from training_worker.calibrate import build_reference
+from training_worker.datasets import load_dataset
+from training_worker.settings import TrainingSettings
+from training_worker.trainer import TrainConfig, evaluate, fit, model_metadata, to_tensor, write_model_dir
 
-log = logging.getLogger("inference_worker.retrain")
+log = logging.getLogger("training_worker.retrain")
 Promote = Callable[[str, str], dict[str, Any]]
 # Half of each epoch is feedback: replaying the drift demo's shift offline (1,000 fresh shifted
 # digits), a third recovered 97.7-98.2% of them and a half 98.5%, for 0.1 point of held-out accuracy.
@@ -68,7 +67,7 @@ def gate(new: dict[str, float], prod: dict[str, float], margin: float) -> tuple[
 
 def retrain(
     name: str,
-    settings: MonitorSettings,
+    settings: TrainingSettings,
     trigger: str = "manual",
     promote: Promote | None = None,
     registered: Callable[[str], object] | None = None,
@@ -80,7 +79,7 @@ def retrain(
     Raises ValueError when fewer than ``min_labels`` (default RETRAIN_MIN_LABELS) labelled inputs exist.
     """
     started = time.time()
-    ds = load_dataset(name)
+    ds = load_dataset(name, settings)
     rows = PredictionLog(settings.prediction_db_url).labelled(name)
     needed = settings.retrain_min_labels if min_labels is None else min_labels
     if len(rows) < max(needed, 2):
@@ -105,20 +104,22 @@ def retrain(
         prod = {"heldout": accuracy(prod_net, ds.x_held, ds.y_held), "recent": accuracy(prod_net, x_recent, y_recent)}
         ok, reason = gate(new, prod, settings.retrain_margin)
         lineage = {
-            "trigger": trigger, "base_version": production, "feedback_rows": len(ids),
-            "feedback_first_id": min(ids, default=0), "feedback_last_id": max(ids, default=0),
+            "trigger": trigger,
+            "base_version": production,
+            "feedback_rows": len(ids),
+            "feedback_first_id": min(ids, default=0),
+            "feedback_last_id": max(ids, default=0),
             "feedback_ids_sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
-            "recent_rows": len(y_recent), "feedback_repeat": repeat,
-        }  # fmt: skip
+            "recent_rows": len(y_recent),
+            "feedback_repeat": repeat,
+        }
         metrics.update(lineage, recent_accuracy=round(new["recent"], 4))
         run_id = store.start_run(name, f"retrain {name} ({trigger})")
         scores = {"heldout_accuracy": new["heldout"], "recent_accuracy": new["recent"]}
         scores.update(production_heldout_accuracy=prod["heldout"], production_recent_accuracy=prod["recent"])
         store.log_run(run_id, {**lineage, "model": name}, scores)
         model_dir = Path(tmp) / "model"
-        next_version = str(
-            1 + max((int(mv.version) for mv in store.client.search_model_versions(f"name='{name}'")), default=0)
-        )
+        next_version = store.next_version(name)
         write_model_dir(model_dir, net, model_metadata(name, next_version, ds, metrics, confusion))
         # The new version's reference covers what it was trained for: held-out plus recent traffic.
         ref_ds = dataclasses.replace(ds, x_held=np.concatenate([ds.x_held, x]), y_held=np.concatenate([ds.y_held, y]))
@@ -130,10 +131,20 @@ def retrain(
     if registered is not None:
         registered(name)
     outcome: dict[str, Any] = {
-        "at": started, "trigger": trigger, "model": name, "new_version": version, "base_version": production,
-        "promoted": False, "reason": reason, "feedback_rows": len(ids), "recent_rows": len(y_recent),
-        "last_row_id": int(rows[-1].id), "new": new, "production": prod, "seconds": round(time.time() - started, 1),
-    }  # fmt: skip
+        "at": started,
+        "trigger": trigger,
+        "model": name,
+        "new_version": version,
+        "base_version": production,
+        "promoted": False,
+        "reason": reason,
+        "feedback_rows": len(ids),
+        "recent_rows": len(y_recent),
+        "last_row_id": int(rows[-1].id),
+        "new": new,
+        "production": prod,
+        "seconds": round(time.time() - started, 1),
+    }
     log.info("retrain %s: version %s, %s", name, version, reason)
     if ok:
         if promote is None:
@@ -146,26 +157,20 @@ def retrain(
 def run_retrain(
     name: str,
     trigger: str,
-    s: MonitorSettings,
+    s: TrainingSettings,
+    promote: Promote,
+    registered: Callable[[str], object],
     min_labels: int | None = None,
     epochs: int | None = None,
     token: str | None = None,
 ) -> dict[str, Any] | None:
-    """Retrain ``name``, promote through the registry service (or directly when none runs),
-    record the outcome in the model's retraining history and release the retrain lock.
+    """Retrain ``name``, promote with ``promote`` (the registry service's, from the training
+    worker; the CLI's falls back to deploying in-process), record the outcome in the model's
+    retraining history and release the retrain lock.
 
     ``token``: the monitor's request id; a redelivered copy of a request already run (or
     running) returns None and changes nothing.
     """
-    from digitflow.cli_models import registry_action
-
-    def promote(model: str, version: str) -> dict[str, Any]:
-        payload = {"name": model, "version": version, "alias": "production"}
-        return registry_action(s, REGISTRY_PROMOTE, payload, lambda d: d.promote(model, version))
-
-    def registered(model: str) -> None:
-        registry_action(s, REGISTRY_SYNC, {"names": [model]}, lambda d: {"models": d.sync([model])})
-
     client = connect(s.redis_url)
     if token is not None and not claim_retrain(client, token):
         log_event(log, "retrain_duplicate_ignored", logging.WARNING, model=name, token=token)
@@ -174,8 +179,14 @@ def run_retrain(
         outcome = retrain(name, s, trigger, promote, registered, min_labels, epochs)
         set_retrain_state(client, name, int(outcome["last_row_id"]))
     except Exception as exc:  # recorded, so the history says why nothing changed
-        outcome = {"at": time.time(), "trigger": trigger, "model": name, "new_version": None, "promoted": False,
-                   "reason": f"failed: {type(exc).__name__}: {exc}"[:400]}  # fmt: skip
+        outcome = {
+            "at": time.time(),
+            "trigger": trigger,
+            "model": name,
+            "new_version": None,
+            "promoted": False,
+            "reason": f"failed: {type(exc).__name__}: {exc}"[:400],
+        }
         set_retrain_state(client, name, retrain_state(client, name)[0])  # the cooldown starts anyway
     finally:
         if token is not None:  # a manual run (no token) leaves the monitor's lock alone

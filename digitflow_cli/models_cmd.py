@@ -17,15 +17,18 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from digitflow.errors import DigitflowError
-from digitflow.model_view import production_of, public_entry, read_view
+from digitflow.model_spec import production_of, public_entry
+from digitflow.model_view import read_view
 from digitflow.redis_client import connect
-from digitflow.settings import REPO_ROOT, CoreSettings
+from digitflow.settings import CoreSettings
 from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC
+from digitflow_cli.registry_actions import registry_action, registry_callbacks
 
 EPOCHS = {"digits": 40, "fashion": 2}
 BATCH_SIZE = {"fashion": 128}
@@ -33,31 +36,6 @@ BATCH_SIZE = {"fashion": 128}
 
 def _settings() -> CoreSettings:
     return CoreSettings.from_env()
-
-
-def _deployer(settings: CoreSettings) -> Any:
-    from digitflow.deploy import Deployer
-    from digitflow.model_store import RegistryStore
-
-    store = RegistryStore(settings.tracking_uri, settings.artifact_root)
-    return Deployer(store, connect(settings.redis_url), settings.deploy_timeout_s, settings.heartbeat_ttl_s)
-
-
-def registry_action(
-    settings: CoreSettings, task: str, payload: dict[str, Any], direct: Callable[[Any], dict[str, Any]]
-) -> dict[str, Any]:
-    """Run a registry action in the registry service if one is alive, else here. Raises its errors."""
-    from digitflow.celery_app import make_celery
-    from digitflow.registry_client import RegistryClient
-
-    client = RegistryClient(make_celery("cli", settings), settings.redis_url, settings.heartbeat_ttl_s)
-    try:
-        alive = client.alive()
-    except redis.RedisError:
-        alive = False
-    if alive:
-        return client.call(task, payload, timeout_s=settings.deploy_timeout_s * 2 + 30)
-    return dict(direct(_deployer(settings)))
 
 
 def _view(settings: CoreSettings) -> dict[str, dict[str, Any]]:
@@ -139,7 +117,7 @@ def bootstrap(settings: CoreSettings) -> list[str]:
     """Register the shipped models if the registry does not know them (what ``make run`` does first)."""
     from digitflow.model_store import RegistryStore
 
-    return RegistryStore(settings.tracking_uri, settings.artifact_root).bootstrap(REPO_ROOT / "models")
+    return RegistryStore(settings.tracking_uri, settings.artifact_root).bootstrap(settings.model_dir)
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -163,10 +141,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from inference_worker.lifecycle import train_and_register
-    from inference_worker.train import TrainConfig
+    from training_worker.register import train_and_register
+    from training_worker.settings import TrainingSettings
+    from training_worker.trainer import TrainConfig
 
-    settings = _settings()
+    settings = TrainingSettings.from_env()
     cfg = TrainConfig(
         epochs=EPOCHS.get(args.name, 10) if args.epochs is None else args.epochs,
         batch_size=args.batch_size or BATCH_SIZE.get(args.name, 64),
@@ -174,13 +153,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
 
-    def promote(name: str, version: str) -> dict[str, Any]:
-        payload = {"name": name, "version": version, "alias": "production"}
-        return registry_action(settings, REGISTRY_PROMOTE, payload, lambda d: d.promote(name, version))
+    promote, refresh = registry_callbacks(settings)
 
     def registered(name: str) -> None:
         try:  # the new version shows in the view (and can be pinned) at once
-            registry_action(settings, REGISTRY_SYNC, {"names": [name]}, lambda d: {"models": d.sync([name])})
+            refresh(name)
         except redis.RedisError as exc:
             print(f"note: the Redis view was not refreshed ({exc})", file=sys.stderr)
 
@@ -192,6 +169,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from training_worker.calibrate import calibrate_dir
+
+    folder = Path(args.models_dir) / args.name / args.version
+    ref = calibrate_dir(folder, args.name)
+    print(
+        json.dumps(
+            {
+                "path": str(folder / "reference.safetensors"),
+                "threshold": ref.threshold,
+                "temperature": ref.temperature,
+                **ref.meta,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def add_calibrate_command(msub: Any) -> None:
+    from digitflow.settings import shipped_models_dir
+
+    cal = msub.add_parser("calibrate", help="fit a shipped version's outlier detector and drift reference")
+    cal.add_argument("name")
+    cal.add_argument("version")
+    cal.add_argument("--models-dir", default=str(shipped_models_dir()))
+    cal.set_defaults(func=cmd_calibrate)
+
+
 def add_model_commands(sub: Any) -> None:
     """Add ``models`` and ``train`` to the ``digitflow`` parser's subcommands."""
     models = sub.add_parser("models", help="list, show, promote, roll back registered models")
@@ -199,8 +205,6 @@ def add_model_commands(sub: Any) -> None:
     listing = msub.add_parser("list", help="every model with its production version")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_list)
-    from digitflow.cli_monitor import add_calibrate_command
-
     add_calibrate_command(msub)
     show = msub.add_parser("show", help="one model: aliases, history, versions and metrics")
     show.add_argument("name")

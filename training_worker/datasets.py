@@ -1,6 +1,6 @@
 """The data sets a model can be trained on: images, labels, input profile and a fixed held-out split.
 
-``digits``: the 5,000 real MNIST digits shipped in ``data/mnist_5k.npz`` (its fixed, stratified
+``digits``: the 5,000 real MNIST digits shipped in ``training_worker/data/mnist_5k.npz`` (its fixed, stratified
 1,000 held-out digits are never trained on), augmented as photos and canvas drawings look.
 ``fashion``: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (60,000 training
 images; the 10,000 test images are the held-out split), not augmented. Each data set names the
@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MNIST_5K = REPO_ROOT / "data" / "mnist_5k.npz"
-FASHION_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+from digitflow.model_files import DIGITS_PROFILE, FASHION_PROFILE
+from training_worker.settings import BASE_DATA_FILE, TrainingSettings, shipped_data_dir
+
+FASHION_DIR = TrainingSettings.fashion_mnist_dir
 DIGIT_LABELS = [str(d) for d in range(10)]
 FASHION_LABELS = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @dataclass(frozen=True)
@@ -63,20 +71,29 @@ def sha256_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_mnist_5k(path: Path = MNIST_5K) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (images uint8 Nx28x28, labels uint8 N, heldout_idx) from the bundled npz."""
-    with np.load(path, allow_pickle=False) as data:
+def load_mnist_5k(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (images uint8 Nx28x28, labels uint8 N, heldout_idx) from ``mnist_5k.npz`` in
+    ``data_dir`` (default: the copy installed with this package)."""
+    with np.load((data_dir or shipped_data_dir()) / BASE_DATA_FILE, allow_pickle=False) as data:
         return data["images"], data["labels"], data["heldout_idx"]
 
 
-def digits(path: Path = MNIST_5K) -> Dataset:
-    images, labels, heldout = load_mnist_5k(path)
+def digits(data_dir: Path | None = None) -> Dataset:
+    path = (data_dir or shipped_data_dir()) / BASE_DATA_FILE
+    images, labels, heldout = load_mnist_5k(data_dir)
     train = np.ones(len(labels), dtype=bool)
     train[heldout] = False
     return Dataset(
-        "mnist_5k.npz", "digits-mnist", DIGIT_LABELS, images[train], labels[train].astype(np.int64),
-        images[heldout], labels[heldout].astype(np.int64), sha256_files([path]), augment=True,
-    )  # fmt: skip
+        "mnist_5k.npz",
+        DIGITS_PROFILE,
+        DIGIT_LABELS,
+        images[train],
+        labels[train].astype(np.int64),
+        images[heldout],
+        labels[heldout].astype(np.int64),
+        sha256_files([path]),
+        augment=True,
+    )
 
 
 def fashion(root: Path = FASHION_DIR) -> Dataset:
@@ -93,16 +110,23 @@ def fashion(root: Path = FASHION_DIR) -> Dataset:
         )
     x_train, y_train, x_held, y_held = (read_idx(p) for p in files)
     return Dataset(
-        "fashion-mnist", "fashion-mnist", FASHION_LABELS, x_train, y_train.astype(np.int64),
-        x_held, y_held.astype(np.int64), sha256_files(files), augment=False,
-    )  # fmt: skip
+        "fashion-mnist",
+        FASHION_PROFILE,
+        FASHION_LABELS,
+        x_train,
+        y_train.astype(np.int64),
+        x_held,
+        y_held.astype(np.int64),
+        sha256_files(files),
+        augment=False,
+    )
 
 
-DATASETS: dict[str, Callable[[], Dataset]] = {"digits": digits, "fashion": fashion}
-
-
-def load_dataset(model: str) -> Dataset:
-    """The data set a model of this name trains on; KeyError for names with none."""
-    if model not in DATASETS:
-        raise KeyError(f"no data set for model {model!r} (known: {', '.join(sorted(DATASETS))})")
-    return DATASETS[model]()
+def load_dataset(model: str, settings: TrainingSettings | None = None) -> Dataset:
+    """The data set a model of this name trains on, from ``settings``' DATA_DIR and
+    FASHION_MNIST_DIR (default: the shipped data); KeyError for names with none."""
+    if model == "digits":
+        return digits(settings.data_dir if settings else None)
+    if model == "fashion":
+        return fashion(settings.fashion_mnist_dir if settings else FASHION_DIR)
+    raise KeyError(f"no data set for model {model!r} (known: digits, fashion)")

@@ -1,4 +1,5 @@
-"""Runs the whole system on one machine: Redis (if none answers), gateway, three workers, Flower.
+"""Runs the whole system on one machine: Redis (if none answers), the gateway, the three stage
+workers, the registry, the monitor with its beat, the training worker and Flower.
 
 Each service is its own process group with its own log file under ``var/log/``. A service that
 dies is restarted with a backoff, and the restart is logged, as compose's restart policy would.
@@ -24,9 +25,8 @@ from pathlib import Path
 from typing import IO
 
 from digitflow.redis_client import is_reachable
-from digitflow.settings import REPO_ROOT
 
-logger = logging.getLogger("digitflow.supervisor")
+logger = logging.getLogger("digitflow_cli.supervisor")
 PY = sys.executable
 
 
@@ -70,7 +70,7 @@ class _Running:
 
 @dataclass(frozen=True)
 class StackConfig:
-    var_dir: Path = REPO_ROOT / "var"
+    var_dir: Path = field(default_factory=lambda: Path.cwd() / "var")
     redis_url: str = "redis://127.0.0.1:6379/0"
     gateway_port: int = 8000
     flower_port: int = 5555
@@ -86,7 +86,7 @@ class StackConfig:
     # Models with their own inference workers: model -> processes, each on `-Q inference.<model>`
     # (jobs of these models are routed there; the shared inference worker no longer sees them).
     dedicated: Mapping[str, int] = field(default_factory=dict)
-    # Monitoring and retraining (README, "Monitoring and retraining"): the monitor worker and its
+    # Monitoring and retraining (docs/monitoring.md): the monitor worker and its
     # beat, and the training worker. `digitflow run` starts them; test stacks only when asked.
     monitoring: bool = False
     monitor_metrics_port: int = 0
@@ -96,13 +96,16 @@ class StackConfig:
         return self.mlflow_tracking_uri or f"sqlite:///{self.var_dir / 'mlflow' / 'mlflow.db'}"
 
 
-def redis_spec(var_dir: Path, port: int) -> ServiceSpec:
-    """A private Redis with AOF persistence, so a restart keeps queued jobs."""
-    data = var_dir / "redis"
-    data.mkdir(parents=True, exist_ok=True)
+def redis_argv(data_dir: Path, port: int) -> list[str]:
+    """A private redis-server on 127.0.0.1:``port`` with AOF persistence in ``data_dir``, so a
+    restart keeps queued jobs (``make run``, the tests and the benchmarks all start this one)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     argv = [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"]
-    argv += ["--appendfsync", "everysec", "--dir", str(data), "--protected-mode", "yes"]
-    return ServiceSpec("redis", argv)
+    return [*argv, "--appendfsync", "everysec", "--dir", str(data_dir), "--protected-mode", "yes"]
+
+
+def redis_spec(var_dir: Path, port: int) -> ServiceSpec:
+    return ServiceSpec("redis", redis_argv(var_dir / "redis", port))
 
 
 def worker_spec(
@@ -131,7 +134,7 @@ def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
     specs = [
         ServiceSpec(
             "gateway",
-            [PY, "-m", "gunicorn", "-c", str(REPO_ROOT / "gateway" / "gunicorn_conf.py"), "gateway:create_app()"],
+            [PY, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf", "gateway:create_app()"],
             {
                 **base,
                 "GATEWAY_BIND": f"127.0.0.1:{cfg.gateway_port}",
@@ -157,7 +160,7 @@ def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
         specs += monitoring_specs(cfg)
     if cfg.flower:
         env = {**base, "FLOWER_PORT": str(cfg.flower_port), "FLOWER_UNAUTHENTICATED_API": "true"}
-        specs.append(ServiceSpec("flower", [PY, "-m", "digitflow.flower"], env))
+        specs.append(ServiceSpec("flower", [PY, "-m", "digitflow_cli.flower"], env))
     return specs
 
 
@@ -167,8 +170,7 @@ def monitoring_specs(cfg: StackConfig) -> list[ServiceSpec]:
     monitor = worker_spec(cfg, "monitor", "monitor_worker", "monitor", 1, cfg.monitor_metrics_port)
     monitor.argv[monitor.argv.index("prefork")] = "solo"
     beat = [PY, "-m", "celery", "-A", "monitor_worker.worker:app", "beat", "--scheduler", "celery.beat:Scheduler"]
-    training = worker_spec(cfg, "training", "inference_worker", "training", 1, 0)
-    training.argv[training.argv.index("inference_worker.worker:app")] = "inference_worker.training:app"
+    training = worker_spec(cfg, "training", "training_worker", "training", 1, 0)
     training.argv[training.argv.index("prefork")] = "solo"
     return [monitor, ServiceSpec("monitor-beat", [*beat, "--loglevel", "INFO"], _base_env(cfg)), training]
 
@@ -196,9 +198,13 @@ class Supervisor:
         log = (self.log_dir / f"{spec.name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **spec.env}
         proc = subprocess.Popen(
-            spec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=REPO_ROOT, start_new_session=True,
-        )  # fmt: skip
+            spec.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
         return proc, log
 
     def start(self, spec: ServiceSpec) -> None:

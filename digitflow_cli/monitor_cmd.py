@@ -1,13 +1,14 @@
 """``digitflow feedback``, ``digitflow monitor report|run``, ``digitflow retrain``,
-``digitflow models calibrate`` (README, "Monitoring and retraining")."""
+(docs/monitoring.md)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-from pathlib import Path
 from typing import Any
+
+from digitflow_cli.http import request
 
 DEFAULT_URL = os.environ.get("DIGITFLOW_URL", "http://127.0.0.1:8000")
 WINDOW_COLUMNS = ("jobs", "labelled", "accuracy", "estimated_accuracy", "outlier_rate")
@@ -23,33 +24,54 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def report_table(report: dict[str, Any]) -> str:
     """A terminal table: one line per version and window, then the alerts and retrainings."""
-    head = ["version", "window", "jobs", "labelled", "acc", "est.acc", "outliers", "psi", "chi2 p", "conf KS p",
-            "ink KS p", "MMD p", "alerts"]  # fmt: skip
+    head = [
+        "version",
+        "window",
+        "jobs",
+        "labelled",
+        "acc",
+        "est.acc",
+        "outliers",
+        "psi",
+        "chi2 p",
+        "conf KS p",
+        "ink KS p",
+        "MMD p",
+        "alerts",
+    ]
     lines = [head]
     for v in report.get("versions", []):
         name = v["version"] + (" (prod)" if v.get("production") else "")
         for window, w in v["windows"].items():
             pd, cd, inp = w.get("prediction_drift") or {}, w.get("confidence_drift") or {}, w.get("input_drift") or {}
             kinds = sorted({a["kind"] for a in v["alerts"] if a["window"] == window})
-            lines.append([name, window, *(_fmt(w.get(c)) for c in WINDOW_COLUMNS), _fmt(pd.get("psi")),
-                          _fmt(pd.get("p_value"), 4), _fmt(cd.get("p_value"), 4),
-                          _fmt((inp.get("ink_ratio") or {}).get("p_value"), 4),
-                          _fmt((inp.get("embedding_mmd") or {}).get("p_value"), 4),
-                          ",".join(kinds) or "-"])  # fmt: skip
+            lines.append(
+                [
+                    name,
+                    window,
+                    *(_fmt(w.get(c)) for c in WINDOW_COLUMNS),
+                    _fmt(pd.get("psi")),
+                    _fmt(pd.get("p_value"), 4),
+                    _fmt(cd.get("p_value"), 4),
+                    _fmt((inp.get("ink_ratio") or {}).get("p_value"), 4),
+                    _fmt((inp.get("embedding_mmd") or {}).get("p_value"), 4),
+                    ",".join(kinds) or "-",
+                ]
+            )
     widths = [max(len(str(row[i])) for row in lines) for i in range(len(head))]
     out = [f"model {report.get('model')}  (report of {report.get('generated_at')})"]
     out += ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) for row in lines]
     for r in report.get("retraining", []):
-        out.append(f"retrain at {r.get('at')}: {r.get('trigger')} -> version {r.get('new_version')}, "
-                   f"promoted={r.get('promoted')}: {r.get('reason')}")  # fmt: skip
+        out.append(
+            f"retrain at {r.get('at')}: {r.get('trigger')} -> version {r.get('new_version')}, "
+            f"promoted={r.get('promoted')}: {r.get('reason')}"
+        )
     return "\n".join(out)
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from digitflow.cli import _request
-
     body = json.dumps({"label": args.label}).encode()
-    status, answer = _request(
+    status, answer = request(
         f"{args.url}/v1/jobs/{args.job_id}/feedback", body, {"Content-Type": "application/json"}, timeout=30
     )
     print(json.dumps(answer, indent=2))
@@ -57,9 +79,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from digitflow.cli import _request
-
-    status, answer = _request(f"{args.url}/v1/monitoring/{args.name}", timeout=30)
+    status, answer = request(f"{args.url}/v1/monitoring/{args.name}", timeout=30)
     print(json.dumps(answer, indent=2) if args.json or status >= 400 else report_table(answer))
     return 0 if status < 400 else 2
 
@@ -80,32 +100,15 @@ def cmd_monitor_run(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from digitflow.settings import MonitorSettings
-    from inference_worker.retrain import run_retrain
+    from digitflow_cli.registry_actions import registry_callbacks
+    from training_worker.retrain import run_retrain
+    from training_worker.settings import TrainingSettings
 
-    outcome = run_retrain(args.name, "manual", MonitorSettings.from_env(), args.min_labels, args.epochs)
+    settings = TrainingSettings.from_env()
+    promote, registered = registry_callbacks(settings)
+    outcome = run_retrain(args.name, "manual", settings, promote, registered, args.min_labels, args.epochs)
     print(json.dumps(outcome, indent=2, default=str))
     return 0 if outcome and outcome.get("new_version") else 1
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from inference_worker.calibrate import calibrate_dir
-
-    folder = Path(args.models_dir) / args.name / args.version
-    ref = calibrate_dir(folder, args.name)
-    print(json.dumps({"path": str(folder / "reference.safetensors"), "threshold": ref.threshold,
-                      "temperature": ref.temperature, **ref.meta}, indent=2))  # fmt: skip
-    return 0
-
-
-def add_calibrate_command(msub: Any) -> None:
-    from digitflow.settings import REPO_ROOT
-
-    cal = msub.add_parser("calibrate", help="fit a shipped version's outlier detector and drift reference")
-    cal.add_argument("name")
-    cal.add_argument("version")
-    cal.add_argument("--models-dir", default=str(REPO_ROOT / "models"))
-    cal.set_defaults(func=cmd_calibrate)
 
 
 def add_monitor_commands(sub: Any) -> None:

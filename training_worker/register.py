@@ -23,14 +23,14 @@ import torch
 
 from digitflow.model_store import RegistryStore
 from digitflow.reference import save_reference
-from digitflow.settings import CoreSettings
-from inference_worker.calibrate import build_reference
-from inference_worker.confusion_png import confusion_png
-from inference_worker.datasets import Dataset, load_dataset
-from inference_worker.model import load_model
-from inference_worker.train import TrainConfig, evaluate, fit, model_metadata, to_tensor, write_model_dir
+from digitnet.loading import load_model
+from training_worker.calibrate import build_reference
+from training_worker.confusion_png import confusion_png
+from training_worker.datasets import Dataset, load_dataset
+from training_worker.settings import TrainingSettings
+from training_worker.trainer import TrainConfig, evaluate, fit, model_metadata, to_tensor, write_model_dir
 
-log = logging.getLogger("inference_worker.lifecycle")
+log = logging.getLogger("training_worker.register")
 Promote = Callable[[str, str], dict[str, Any]]
 
 
@@ -67,7 +67,7 @@ def heldout_accuracy_of(path: Path, ds: Dataset) -> float:
 
 def train_and_register(
     name: str,
-    settings: CoreSettings,
+    settings: TrainingSettings,
     cfg: TrainConfig,
     promote_if_better: bool = False,
     promote: Promote | None = None,
@@ -82,7 +82,7 @@ def train_and_register(
     ``registered(name)`` runs once the version exists (to refresh the registry view).
     Returns what happened: version, accuracies, whether it was promoted and why.
     """
-    ds = load_dataset(name)
+    ds = load_dataset(name, settings)
     store = RegistryStore(settings.tracking_uri, settings.artifact_root)
     run_id = store.start_run(name, f"train {name}")
     bar = ProgressBar(cfg.epochs) if progress and cfg.epochs > 0 else None
@@ -97,7 +97,7 @@ def train_and_register(
         )
         store.client.log_artifact(run_id, str(png))
         model_dir = Path(tmp) / "model"
-        next_version = str(1 + max((int(v) for v in _versions(store, name)), default=0))
+        next_version = store.next_version(name)
         write_model_dir(model_dir, model, model_metadata(name, next_version, ds, metrics, confusion))
         save_reference(model_dir, build_reference(model, ds))  # outlier detector + drift reference
         version = store.register_dir(name, model_dir, run_id=run_id, description=f"digitflow train {name}")
@@ -105,9 +105,12 @@ def train_and_register(
     if registered is not None:
         registered(name)
     outcome: dict[str, Any] = {
-        "name": name, "version": version, "run_id": run_id,
-        "heldout_accuracy": metrics["heldout_accuracy"], "promoted": False,
-    }  # fmt: skip
+        "name": name,
+        "version": version,
+        "run_id": run_id,
+        "heldout_accuracy": metrics["heldout_accuracy"],
+        "promoted": False,
+    }
     if not promote_if_better:
         return outcome
     production = store.alias(name)
@@ -127,7 +130,3 @@ def train_and_register(
     outcome["deploy"] = promote(name, version)
     outcome["promoted"] = True
     return outcome
-
-
-def _versions(store: RegistryStore, name: str) -> list[str]:
-    return [str(mv.version) for mv in store.client.search_model_versions(f"name='{name}'")]

@@ -18,21 +18,26 @@ Other aliases (``candidate``) only move: nothing serves them yet.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import redis
+from redis.exceptions import LockError
 
+from digitflow.deploy_protocol import SERVERS, publish_deploy, read_acks
 from digitflow.errors import DeployFailedError, DeployTimeoutError, InvalidRequestError, NoPreviousVersionError
 from digitflow.heartbeat import live_workers
+from digitflow.keys import REGISTRY_LOCK_PREFIX
+from digitflow.model_spec import ALIASES, PRODUCTION
 from digitflow.model_store import RegistryStore
-from digitflow.model_view import ALIASES, PRODUCTION, SERVERS, publish_deploy, read_acks, read_entry, write_entries
+from digitflow.model_view import read_entry, write_entries
 from digitflow.observability import log_event
 
-logger = logging.getLogger("digitflow.deploy")
-LOCK_PREFIX = "df:registry:lock:"
+logger = logging.getLogger("registry_worker.deploy")
 
 
 class Deployer:
@@ -110,8 +115,12 @@ class Deployer:
                 f"{len(errors)} of {len(servers)} inference processes could not load {name} version {version} "
                 f"({'failed' if failed else f'no answer within {self.timeout_s:g} s'}); production stays at "
                 f"version {previous}",
-                model=name, version=version, production=previous, errors=errors, deploy_id=deploy_id,
-            )  # fmt: skip
+                model=name,
+                version=version,
+                production=previous,
+                errors=errors,
+                deploy_id=deploy_id,
+            )
         self._move(name, version, history, deploy_id)
         swapped, failed, pending = self._wait(f"{deploy_id}:commit", servers)
         if failed:  # only a process that missed the prepare can fail here; nothing else serves it
@@ -120,22 +129,36 @@ class Deployer:
             raise DeployFailedError(
                 f"{len(failed)} inference processes could not switch to {name} version {version}; "
                 f"production is back at version {previous}",
-                model=name, version=version, production=previous, errors=errors, deploy_id=deploy_id,
-            )  # fmt: skip
+                model=name,
+                version=version,
+                production=previous,
+                errors=errors,
+                deploy_id=deploy_id,
+            )
         elapsed_ms = round((time.monotonic() - started) * 1000, 1)
         log_event(
-            logger, "deployed", model=name, version=version, deploy_id=deploy_id, duration_ms=elapsed_ms,
-            servers=len(servers), lagging=len(pending),
-        )  # fmt: skip
+            logger,
+            "deployed",
+            model=name,
+            version=version,
+            deploy_id=deploy_id,
+            duration_ms=elapsed_ms,
+            servers=len(servers),
+            lagging=len(pending),
+        )
         return {
-            "name": name, "version": version, "previous": previous, "deploy_id": deploy_id,
-            "servers": sorted(servers), "elapsed_ms": elapsed_ms,
+            "name": name,
+            "version": version,
+            "previous": previous,
+            "deploy_id": deploy_id,
+            "servers": sorted(servers),
+            "elapsed_ms": elapsed_ms,
             "load_ms": {s: ack.get("load_ms") for s, ack in loaded.items()},
             "swap_ms": {s: ack.get("swap_ms") for s, ack in swapped.items()},
             # Processes that loaded it but had not confirmed the switch yet: they switch on their
             # next periodic check at the latest.
             "lagging": sorted(pending),
-        }  # fmt: skip
+        }
 
     def _move(self, name: str, version: str | None, history: list[str], deploy_id: str) -> None:
         """Point production at ``version`` in MLflow and the view, then publish the commit."""
@@ -158,24 +181,16 @@ class Deployer:
                 return acks, failed, pending
             time.sleep(0.05)
 
-    def _lock(self, name: str) -> _RedisLock:
-        return _RedisLock(self.redis, LOCK_PREFIX + name, ttl_s=int(self.timeout_s * 3 + 60))
-
-
-class _RedisLock:
-    """One promotion per model at a time, across registry services and CLIs."""
-
-    def __init__(self, client: redis.Redis, key: str, ttl_s: int) -> None:
-        self.client, self.key, self.ttl_s = client, key, ttl_s
-        self.token = uuid.uuid4().hex
-
-    def __enter__(self) -> None:
-        deadline = time.monotonic() + self.ttl_s
-        while not self.client.set(self.key, self.token, nx=True, ex=self.ttl_s):
-            if time.monotonic() > deadline:
-                raise DeployTimeoutError("another promotion of this model is still running", key=self.key)
-            time.sleep(0.1)
-
-    def __exit__(self, *_: object) -> None:
-        if self.client.get(self.key) == self.token.encode():
-            self.client.delete(self.key)
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        """One promotion per model at a time, across registry services and CLIs: redis-py's
+        Lock (token-checked release in Lua, so an expired holder never frees another's lock)."""
+        ttl_s = int(self.timeout_s * 3 + 60)
+        lock = self.redis.lock(REGISTRY_LOCK_PREFIX + name, timeout=ttl_s, blocking_timeout=ttl_s, thread_local=False)
+        if not lock.acquire():
+            raise DeployTimeoutError("another promotion of this model is still running", model=name)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(LockError):  # expired meanwhile: nothing of ours to release
+                lock.release()

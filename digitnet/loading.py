@@ -10,7 +10,6 @@ as :class:`digitflow.errors.ModelUnavailableError` naming the path and the cause
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
-from digitflow.errors import InvalidMessageError, ModelUnavailableError
-from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE
+from digitflow.errors import InvalidMessageError, ModelUnavailableError, ModelVersionInvalidError
+from digitflow.model_files import WEIGHTS_FILE, read_model_json
 from digitflow.reference import Reference, load_reference
-from inference_worker.net import EMBEDDING_DIM, DigitNet
+from digitnet.net import EMBEDDING_DIM, DigitNet
 
 SIDE = 28
 PIXELS = SIDE * SIDE
@@ -132,28 +131,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:
-    """Read and validate ``model.json``. Raises ModelUnavailableError naming the path and the cause."""
-    path = model_dir / METADATA_FILE
+    """Read and validate ``model.json`` (``digitflow.model_files.read_model_json``, with the
+    architectures this package can build). Raises ModelUnavailableError naming the path and the cause."""
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelUnavailableError(f"{path}: metadata file is missing", path=str(path)) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelUnavailableError(f"{path}: cannot read metadata: {exc}", path=str(path)) from exc
-    if not isinstance(meta, dict):
-        raise ModelUnavailableError(f"{path}: metadata must be a JSON object", path=str(path))
-    problems = []
-    for key in ("name", "version", "architecture", "weights_sha256"):
-        if not isinstance(meta.get(key), str) or not meta[key]:
-            problems.append(f"{key!r} missing or not a non-empty string")
-    labels = meta.get("labels")
-    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
-        problems.append("'labels' must be a non-empty list of strings")
-    if meta.get("architecture") not in ARCHITECTURES:
-        problems.append(f"unknown architecture {meta.get('architecture')!r} (known: {sorted(ARCHITECTURES)})")
-    if problems:
-        raise ModelUnavailableError(f"{path}: invalid metadata: {'; '.join(problems)}", path=str(path))
-    return meta
+        return read_model_json(model_dir, ARCHITECTURES)
+    except ModelVersionInvalidError as exc:
+        raise ModelUnavailableError(exc.message, **exc.details) from exc
 
 
 def read_weights(path: Path, expected_sha256: str) -> dict[str, Tensor]:

@@ -15,54 +15,30 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import mimetypes
 import os
 import signal
 import sys
 import time
 import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
+
+from digitflow_cli.http import multipart, request
 
 DEFAULT_URL = os.environ.get("DIGITFLOW_URL", "http://127.0.0.1:8000")
 
 
-def _request(
-    url: str, data: bytes | None = None, headers: dict[str, str] | None = None, timeout: float = 60
-) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
-
-
-def _multipart(files: list[Path], model: str) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    chunks: list[bytes] = []
-    for path in files:
-        ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
-        chunks += [head.encode(), f"Content-Type: {ctype}\r\n\r\n".encode(), path.read_bytes(), b"\r\n"]
-    chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'.encode())
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
-
-
 def cmd_submit(args: argparse.Namespace) -> int:
-    body, ctype = _multipart([Path(f) for f in args.images], args.model)
+    body, ctype = multipart([Path(f) for f in args.images], args.model)
     headers = {"Content-Type": ctype}
     if args.wait:
         headers["Prefer"] = f"wait={args.wait:g}"
     if args.api_key:
         headers["X-API-Key"] = args.api_key
-    status, answer = _request(f"{args.url}/v1/jobs", body, headers, timeout=args.wait + 30)
+    status, answer = request(f"{args.url}/v1/jobs", body, headers, timeout=args.wait + 30)
     jobs = answer.get("jobs", [answer]) if isinstance(answer, dict) else []
     if args.wait and status == 202:  # not all finished in time: poll the rest
-        jobs = [_request(f"{args.url}/v1/jobs/{j['job_id']}?wait={args.wait:g}")[1] for j in jobs]
+        jobs = [request(f"{args.url}/v1/jobs/{j['job_id']}?wait={args.wait:g}")[1] for j in jobs]
     print(json.dumps(jobs[0] if len(jobs) == 1 else {"jobs": jobs} if jobs else answer, indent=2))
     if status >= 400:
         return 2
@@ -71,14 +47,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_job(args: argparse.Namespace) -> int:
     suffix = f"?wait={args.wait:g}" if args.wait else ""
-    status, answer = _request(f"{args.url}/v1/jobs/{args.job_id}{suffix}", timeout=args.wait + 30)
+    status, answer = request(f"{args.url}/v1/jobs/{args.job_id}{suffix}", timeout=args.wait + 30)
     print(json.dumps(answer, indent=2))
     return 0 if status < 400 else 2
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from digitflow.redis_client import is_reachable
-    from digitflow.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
+    from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
 
     var_dir = Path(os.environ.get("VAR_DIR", Path.cwd() / "var")).resolve()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -107,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         monitoring=not args.no_monitoring,
         monitor_metrics_port=args.monitor_metrics_port,
     )
-    _bootstrap_registry(cfg)
+    bootstrap_registry(cfg)
     sup = Supervisor(specs + build_specs(cfg), var_dir / "log")
     stop = {"now": False}
 
@@ -123,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         while not stop["now"] and not ready and time.monotonic() < deadline:
             sup.poll()
             with contextlib.suppress(OSError, ValueError):
-                ready = _request(f"{base}/readyz", timeout=2)[0] == 200
+                ready = request(f"{base}/readyz", timeout=2)[0] == 200
             time.sleep(0.3)
         print(("digitflow is ready" if ready else "digitflow started, but not every stage is ready yet") + ":")
         print(f"  gateway   {base}   (POST /v1/jobs, GET /v1/jobs/<id>, /readyz, /metrics)")
@@ -145,12 +121,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bootstrap_registry(cfg: Any) -> None:
+def bootstrap_registry(cfg: Any) -> None:
     """First start: register the shipped models as production, before any worker asks for them."""
     from digitflow.settings import CoreSettings
 
     try:
-        from digitflow.cli_models import bootstrap
+        from digitflow_cli.models_cmd import bootstrap
 
         settings = CoreSettings.from_env(var_dir=cfg.var_dir, mlflow_tracking_uri=cfg.tracking_uri)
         done = bootstrap(settings)
@@ -161,7 +137,7 @@ def _bootstrap_registry(cfg: Any) -> None:
         print(f"registry: bootstrap failed ({type(exc).__name__}: {exc}); the registry service will retry")
         return
     if done:
-        print(f"registry: first start, registered {', '.join(done)} (shipped in models/) as production")
+        print(f"registry: first start, registered {', '.join(done)} (shipped with digitflow) as production")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--wait", type=float, default=0.0)
     job.add_argument("--url", default=DEFAULT_URL)
     job.set_defaults(func=cmd_job)
-    from digitflow.cli_models import add_model_commands
-    from digitflow.cli_monitor import add_monitor_commands
+    from digitflow_cli.models_cmd import add_model_commands
+    from digitflow_cli.monitor_cmd import add_monitor_commands
 
     add_model_commands(sub)
     add_monitor_commands(sub)

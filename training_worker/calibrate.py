@@ -18,13 +18,13 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from digitflow.reference import INPUT_STATS, Reference, fit_detector, ink_stats, save_reference
-from inference_worker.augment import AugmentConfig, augment
-from inference_worker.datasets import Dataset, load_dataset
-from inference_worker.model import load_model
-from inference_worker.net import DigitNet
-from inference_worker.train import to_tensor
+from digitnet.loading import load_model
+from digitnet.net import DigitNet
+from training_worker.augment import AugmentConfig, augment
+from training_worker.datasets import Dataset, load_dataset
+from training_worker.trainer import to_tensor
 
-log = logging.getLogger("inference_worker.calibrate")
+log = logging.getLogger("training_worker.calibrate")
 INLIER_PASS = 0.95
 MAX_FIT = 12_000
 REFERENCE_SAMPLE = 500

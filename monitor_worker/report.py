@@ -1,7 +1,7 @@
 """The monitor's report of one model: per version, windows (1h/1d/7d), a time series, accuracy by
 age and alerts, computed from the prediction log against each version's reference.
 
-The shape is the ``GET /v1/monitoring/<model>`` contract (README, "Monitoring and retraining").
+The shape is the ``GET /v1/monitoring/<model>`` contract (docs/monitoring.md).
 Windows with no traffic have ``jobs: 0`` and null statistics; drift alerts need MIN_JOBS jobs.
 """
 
@@ -13,14 +13,18 @@ from typing import Any
 
 import numpy as np
 
-from digitflow import drift_stats as ds
 from digitflow.predlog import PredictionLog
 from digitflow.reference import INPUT_STATS, Reference
 from digitflow.settings import MonitorSettings
+from monitor_worker import drift_stats as ds
 
 WINDOWS = {"1h": 3600.0, "1d": 86400.0, "7d": 7 * 86400.0}
-AGES = [("day 1", 0.0, 86400.0), ("week 1", 86400.0, 7 * 86400.0), ("month 1", 7 * 86400.0, 30 * 86400.0),
-        ("quarter 1", 30 * 86400.0, 90 * 86400.0)]  # fmt: skip
+AGES = [
+    ("day 1", 0.0, 86400.0),
+    ("week 1", 86400.0, 7 * 86400.0),
+    ("month 1", 7 * 86400.0, 30 * 86400.0),
+    ("quarter 1", 30 * 86400.0, 90 * 86400.0),
+]
 MIN_LABELLED = 20
 
 
@@ -51,9 +55,17 @@ def window_stats(
 ) -> dict[str, Any]:
     """The contract's window object for ``rows`` (one version's rows in the window)."""
     n = len(rows)
-    out: dict[str, Any] = {"jobs": n, "labelled": 0, "accuracy": None, "estimated_accuracy": None,
-                           "outlier_rate": None, "prediction_drift": None, "confidence_drift": None,
-                           "input_drift": None, "class_mix": None}  # fmt: skip
+    out: dict[str, Any] = {
+        "jobs": n,
+        "labelled": 0,
+        "accuracy": None,
+        "estimated_accuracy": None,
+        "outlier_rate": None,
+        "prediction_drift": None,
+        "confidence_drift": None,
+        "input_drift": None,
+        "class_mix": None,
+    }
     if n == 0:
         return out
     out["labelled"], out["accuracy"] = _accuracy(rows)
@@ -66,8 +78,12 @@ def window_stats(
     enough = n >= s.min_jobs
     chi = ds.chi_square(counts, ref.class_freq)
     psi = ds.psi(counts, ref.class_freq)
-    out["prediction_drift"] = {"chi2": chi.statistic, "p_value": chi.p_value, "psi": psi,
-                               "alert": enough and chi.p_value < s.p_value and psi > s.psi}  # fmt: skip
+    out["prediction_drift"] = {
+        "chi2": chi.statistic,
+        "p_value": chi.p_value,
+        "psi": psi,
+        "alert": enough and chi.p_value < s.p_value and psi > s.psi,
+    }
     conf = ds.ks(_col(rows, "confidence"), ref.maxprob)
     out["confidence_drift"] = {
         "ks": conf.statistic,
@@ -112,13 +128,20 @@ def window_alerts(
         )
     if inp and inp["alert"]:
         mmd = inp.get("embedding_mmd") or {}
-        alerts.append({"kind": "input_drift", "statistic": mmd.get("mmd"), "p_value": mmd.get("p_value"),
-                       "threshold": s.p_value})  # fmt: skip
+        alerts.append(
+            {"kind": "input_drift", "statistic": mmd.get("mmd"), "p_value": mmd.get("p_value"), "threshold": s.p_value}
+        )
     base = float(ref.meta.get("heldout_accuracy") or 0.0) if ref is not None else 0.0
     labelled = stats["accuracy"] is not None and base > 0 and stats["labelled"] >= MIN_LABELLED
     if labelled and stats["accuracy"] < base - s.accuracy_drop:
-        alerts.append({"kind": "accuracy_drop", "statistic": stats["accuracy"], "p_value": None,
-                       "threshold": base - s.accuracy_drop})  # fmt: skip
+        alerts.append(
+            {
+                "kind": "accuracy_drop",
+                "statistic": stats["accuracy"],
+                "p_value": None,
+                "threshold": base - s.accuracy_drop,
+            }
+        )
     rate = stats["outlier_rate"]
     if rate is not None and stats["jobs"] >= s.min_jobs and rate > s.outlier_rate:
         alerts.append({"kind": "outlier_rate", "statistic": rate, "p_value": None, "threshold": s.outlier_rate})
@@ -141,11 +164,19 @@ def series(
         n = len(group)
         labelled, acc = _accuracy(group)
         counts = ds.class_counts(_col(group, "label").astype(np.int64), classes)
-        point: dict[str, Any] = {"t": start + b * width, "jobs": n, "labelled": labelled, "accuracy": acc,
-                                 "estimated_accuracy": ds.estimated_accuracy(_col(group, "calibrated")),
-                                 "outlier_rate": float(np.mean([bool(r.outlier) for r in group])),
-                                 "psi": None, "confidence_ks": None, "mmd": None,
-                                 "class_mix": [round(float(c) / n, 4) for c in counts], "alerts": []}  # fmt: skip
+        point: dict[str, Any] = {
+            "t": start + b * width,
+            "jobs": n,
+            "labelled": labelled,
+            "accuracy": acc,
+            "estimated_accuracy": ds.estimated_accuracy(_col(group, "calibrated")),
+            "outlier_rate": float(np.mean([bool(r.outlier) for r in group])),
+            "psi": None,
+            "confidence_ks": None,
+            "mmd": None,
+            "class_mix": [round(float(c) / n, 4) for c in counts],
+            "alerts": [],
+        }
         if ref is not None:
             point["psi"] = ds.psi(counts, ref.class_freq)
             conf = ds.ks(_col(group, "confidence"), ref.maxprob)
@@ -202,16 +233,23 @@ def model_report(
             in_window = [r for r in mine if r.at >= now - seconds * s.window_scale]
             windows[name] = window_stats(in_window, ref, s, log, classes, seed=i)
             alerts += window_alerts(name, windows[name], ref, s)
-        out.append({
-            "version": version,
-            "production": version == production,
-            "deployed_at": deployed_at,
-            "reference": None if ref is None else {"heldout_accuracy": ref.meta.get("heldout_accuracy"),
-                                                    "n": ref.meta.get("n"), "outlier_threshold": ref.threshold,
-                                                    "temperature": ref.temperature},
-            "windows": windows,
-            "series": series(mine, ref, s, now, classes),
-            "accuracy_by_age": accuracy_by_age(log, model, version, deployed_at, s.window_scale),
-            "alerts": alerts,
-        })  # fmt: skip
+        out.append(
+            {
+                "version": version,
+                "production": version == production,
+                "deployed_at": deployed_at,
+                "reference": None
+                if ref is None
+                else {
+                    "heldout_accuracy": ref.meta.get("heldout_accuracy"),
+                    "n": ref.meta.get("n"),
+                    "outlier_threshold": ref.threshold,
+                    "temperature": ref.temperature,
+                },
+                "windows": windows,
+                "series": series(mine, ref, s, now, classes),
+                "accuracy_by_age": accuracy_by_age(log, model, version, deployed_at, s.window_scale),
+                "alerts": alerts,
+            }
+        )
     return {"model": model, "generated_at": now, "thresholds": thresholds(s), "versions": out}

@@ -2,14 +2,14 @@
 
 Reads like pytorch/examples ``mnist/main.py``: the model class, ``train`` (one epoch),
 ``evaluate``, ``main``; :func:`fit` is the part ``digitflow train`` shares. ``digits`` trains on
-the 4,000 non-held-out digits of ``data/mnist_5k.npz`` (plus, optionally, full MNIST from
+the 4,000 non-held-out digits of ``training_worker/data/mnist_5k.npz`` (plus, optionally, full MNIST from
 torchvision-style raw idx files, minus any copy of a held-out digit), augmenting every batch on
 the fly; ``fashion`` on Fashion-MNIST's 60,000 training images (see ``datasets``). Both are
 evaluated on their held-out split un-augmented. Seeded: the same command on the same torch
 version and thread count gives the same weights.
 
-    python -m inference_worker.train --out models/digits/1 --epochs 40 --seed 0
-    python -m inference_worker.train --name fashion --out models/fashion/1 --epochs 2
+    python -m training_worker.trainer --out digitflow/shipped_models/digits/1 --epochs 40 --seed 0
+    python -m training_worker.trainer --name fashion --out digitflow/shipped_models/fashion/1 --epochs 2
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE, sha256_file
-from inference_worker.augment import AugmentConfig, augment
-from inference_worker.datasets import Dataset, load_dataset, read_idx
-from inference_worker.net import DigitNet
+from digitnet.net import DigitNet
+from training_worker.augment import AugmentConfig, augment
+from training_worker.datasets import Dataset, load_dataset, read_idx
+from training_worker.settings import TrainingSettings
 
-log = logging.getLogger("inference_worker.train")
+log = logging.getLogger("training_worker.trainer")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = REPO_ROOT / "data" / "mnist_5k.npz"
+# git_commit() asks git here: in a checkout it finds the repository, in an installed package none.
+CODE_DIR = Path(__file__).resolve().parent
 LABELS = [str(d) for d in range(10)]
 
 
@@ -127,10 +128,10 @@ def git_commit() -> str | None:
     """Return the repository's HEAD commit (with "-dirty" for uncommitted changes), or None."""
     try:
         head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"], cwd=CODE_DIR, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ["git", "status", "--porcelain"], cwd=CODE_DIR, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None  # no git, or no commit yet
@@ -222,8 +223,13 @@ def fit(
             acc, _ = evaluate(model, x_held, y_held)
             log.info(
                 "epoch %2d/%d %s loss %.4f heldout %.2f%% %.0fs",
-                epoch, cfg.epochs, _progress(epoch, cfg.epochs), loss, 100 * acc, time.perf_counter() - started,
-            )  # fmt: skip
+                epoch,
+                cfg.epochs,
+                _progress(epoch, cfg.epochs),
+                loss,
+                100 * acc,
+                time.perf_counter() - started,
+            )
     train_seconds = time.perf_counter() - started
     acc, confusion = evaluate(model, x_held, y_held)
     metrics: dict[str, Any] = {"heldout_accuracy": round(acc, 4)}
@@ -233,13 +239,22 @@ def fit(
             evaluate(model, augment(x_held, torch.Generator().manual_seed(12345), aug), y_held)[0], 4
         )
     metrics.update(
-        n_train=len(x_train), n_heldout=len(x_held), dataset=ds.name, dataset_sha256=ds.sha256,
-        code_version=code_version(), git_commit=git_commit(), torch_version=torch.__version__,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads,
+        n_train=len(x_train),
+        n_heldout=len(x_held),
+        dataset=ds.name,
+        dataset_sha256=ds.sha256,
+        code_version=code_version(),
+        git_commit=git_commit(),
+        torch_version=torch.__version__,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        threads=cfg.threads,
         optimizer=f"AdamW(wd={cfg.weight_decay}) + OneCycleLR(max_lr={cfg.lr})",
-        label_smoothing=cfg.label_smoothing, augment=asdict(aug) if aug else None,
+        label_smoothing=cfg.label_smoothing,
+        augment=asdict(aug) if aug else None,
         train_seconds=round(train_seconds, 1),
-    )  # fmt: skip
+    )
     model.eval()
     return model, metrics, confusion
 
@@ -260,7 +275,7 @@ def model_metadata(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train DigitNet and write a model directory.")
-    p.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "digits" / "1")
+    p.add_argument("--out", type=Path, required=True, help="the version folder to write, e.g. var/models/digits/2")
     p.add_argument("--mnist-root", type=Path, default=None, help="digits: optional dir with MNIST/raw idx files")
     p.add_argument("--name", default="digits", help="the model, which picks its data set: digits or fashion")
     p.add_argument("--version", default=None, help="defaults to the --out directory's name")
@@ -279,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train, evaluate on the held-out split, write the model directory; return its metadata."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    ds = load_dataset(args.name)
+    ds = load_dataset(args.name, TrainingSettings.from_env())
     extra = None
     if args.mnist_root is not None and args.name == "digits":
         extra = drop_overlap(*load_mnist_idx(args.mnist_root), exclude=ds.x_held)

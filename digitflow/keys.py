@@ -1,0 +1,78 @@
+"""Every Redis key digitflow uses: its type, lifetime, writer and readers.
+
+The one place a key's name is spelled. Modules import the constant or call the function here;
+none builds a ``df:`` name of its own (``tests/unit/test_keys.py`` checks that). TTLs in
+seconds; "job TTL" is JOB_TTL_S (24 h by default).
+
+| key                              | type    | TTL             | written by            | read by                     |
+|----------------------------------|---------|-----------------|-----------------------|-----------------------------|
+| df:job:<id>                      | hash    | job TTL         | gateway, every stage  | gateway, stages             |
+| df:img:<id>                      | string  | job TTL, or     | gateway               | preprocess                  |
+|                                  |         | deleted at end  |                       |                             |
+| df:idem:<key>                    | string  | job TTL         | gateway               | gateway                     |
+| df:active                        | zset    | none (members   | gateway, stages       | gateway (deadline sweep)    |
+|                                  |         | leave at end)   |                       |                             |
+| df:done                          | channel | -               | stages (finished ids) | gateway (Prefer: wait)      |
+| df:attempt:<stage>:<batch>       | string  | job TTL         | stages                | stages (redelivery count)   |
+| df:suspect:<stage>:<batch>       | string  | job TTL         | stages                | stages (poison detection)   |
+| df:sweeper:lock                  | string  | 0.9 x sweep     | gateway               | gateway                     |
+| df:workers:<stage>               | zset    | none (pruned    | every worker (beat)   | gateway, registry, CLI      |
+|                                  |         | past beat TTL)  |                       |                             |
+| df:workers:processes:<stage>     | hash    | none            | every worker (beat)   | gateway (batch sizing)      |
+| df:models                        | hash    | none            | registry service      | gateway, inference, monitor |
+| df:models:production             | hash    | none            | registry service      | inference (periodic check)  |
+| df:deploy                        | channel | -               | registry service      | inference (deploy watcher)  |
+| df:deploy:<id>:<phase>           | hash    | 1 h             | inference (acks)      | registry service            |
+| df:registry:lock:<model>         | string  | 3 x deploy + 60 | registry, CLI (Lock)  | registry, CLI               |
+| df:registry:seen:<request>       | string  | 1 h             | registry service      | registry service            |
+| df:registry:reply:<request>      | list    | 10 min          | registry service      | gateway, CLI, training      |
+| df:monitor:report:<model>        | string  | none            | monitor               | gateway, CLI                |
+| df:monitor:since:<model>         | hash    | none            | monitor               | monitor                     |
+| df:monitor:retrain:<model>       | list    | none (50 kept)  | training              | gateway, CLI                |
+| df:monitor:retrain-state:<model> | hash    | none            | training              | monitor                     |
+| df:monitor:retrain-lock:<model>  | string  | 1 h (Lock)      | monitor takes,        | monitor                     |
+|                                  |         |                 | training releases     |                             |
+| df:monitor:retrain-claim:<token> | string  | 24 h            | training              | training                    |
+| df:monitor:pruned:<model>        | string  | none            | monitor               | monitor                     |
+
+Celery's own keys on the same database (kombu's Redis transport): one list per queue
+(``preprocess``, ``inference``, ``inference.<model>``, ``postprocess``, ``registry``,
+``monitor``, ``training``), ``unacked`` / ``unacked_index`` / ``unacked_mutex`` (messages
+delivered but not acknowledged, redelivered after VISIBILITY_TIMEOUT_S) and
+``_kombu.binding.*``.
+"""
+
+from __future__ import annotations
+
+JOB_PREFIX = "df:job:"
+IMAGE_PREFIX = "df:img:"
+IDEMPOTENCY_PREFIX = "df:idem:"
+ACTIVE_JOBS = "df:active"
+DONE_CHANNEL = "df:done"
+ATTEMPT_PREFIX = "df:attempt:"
+SUSPECT_PREFIX = "df:suspect:"
+SWEEP_LOCK = "df:sweeper:lock"
+
+WORKERS_PREFIX = "df:workers:"
+PROCESSES_PREFIX = "df:workers:processes:"
+
+MODELS_VIEW = "df:models"
+MODELS_PRODUCTION = "df:models:production"
+DEPLOY_CHANNEL = "df:deploy"
+DEPLOY_ACKS_PREFIX = "df:deploy:"
+REGISTRY_LOCK_PREFIX = "df:registry:lock:"
+REGISTRY_SEEN_PREFIX = "df:registry:seen:"
+REGISTRY_REPLY_PREFIX = "df:registry:reply:"
+
+MONITOR_PREFIX = "df:monitor:"
+
+
+def workers(stage: str) -> str:
+    """Heartbeats of ``stage``'s workers (zset name -> last beat)."""
+    return WORKERS_PREFIX + stage
+
+
+def monitor(kind: str, model_or_token: str) -> str:
+    """A monitoring key: ``kind`` is report, since, retrain, retrain-state, retrain-lock,
+    retrain-claim or pruned."""
+    return f"{MONITOR_PREFIX}{kind}:{model_or_token}"

@@ -1,0 +1,72 @@
+"""What a job asks for and what the registry view says serves it: the ``name@version`` grammar,
+the aliases, and resolving a view entry to a version. Pure: no Redis, no MLflow."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from digitflow.errors import InvalidRequestError, ModelVersionNotFoundError
+
+PRODUCTION = "production"
+CANDIDATE = "candidate"
+ALIASES = (PRODUCTION, CANDIDATE)
+SPEC_RE = re.compile(r"^([a-z0-9][a-z0-9_-]{0,63})(?:@([1-9][0-9]{0,8}))?$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a job asks for: ``digits`` (production) or ``digits@3`` (that version)."""
+
+    name: str
+    pin: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSpec:
+        """Raise InvalidRequestError unless ``text`` is ``name`` or ``name@version``."""
+        match = SPEC_RE.match(text)
+        if match is None:
+            raise InvalidRequestError("model must be a lowercase name like 'digits' or 'digits@3'", model=text[:80])
+        return cls(match.group(1), match.group(2))
+
+    def __str__(self) -> str:
+        return f"{self.name}@{self.pin}" if self.pin else self.name
+
+
+def production_of(entry: dict[str, Any]) -> str | None:
+    version = entry.get("aliases", {}).get(PRODUCTION)
+    return str(version) if version is not None else None
+
+
+def resolve(entry: dict[str, Any], pin: str | None) -> tuple[str, dict[str, Any]]:
+    """The version serving ``pin`` (or production) and its record; ModelVersionNotFoundError if none."""
+    version = pin or production_of(entry)
+    record = entry.get("versions", {}).get(version) if version else None
+    if version is None or record is None:
+        what = f"version {pin}" if pin else "a production version"
+        raise ModelVersionNotFoundError(
+            f"model {entry.get('name')!r} has no {what}", model=entry.get("name"), available=sorted_versions(entry)
+        )
+    return version, record
+
+
+def sorted_versions(entry: dict[str, Any]) -> list[str]:
+    return sorted(entry.get("versions", {}), key=int)
+
+
+def public_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """What ``GET /v1/models/<name>`` and ``digitflow models show`` print (no storage paths)."""
+    versions = [
+        {k: v for k, v in entry["versions"][ver].items() if k not in {"source", "run_id"}}
+        for ver in sorted_versions(entry)
+    ]
+    return {
+        "name": entry["name"],
+        "aliases": entry.get("aliases", {}),
+        "production": production_of(entry),
+        "history": entry.get("history", []),
+        "versions": versions,
+        "last_deploy": entry.get("deploy"),
+        "updated_at": entry.get("updated_at"),
+    }

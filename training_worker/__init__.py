@@ -1,0 +1,1 @@
+"""The training service: train, retrain on feedback, calibrate, register (torch + MLflow)."""
