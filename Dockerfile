@@ -14,7 +14,7 @@ COPY gateway ./gateway
 RUN pip install '.[gateway,postgres]'
 USER digitflow
 EXPOSE 8000
-CMD ["gunicorn", "-c", "python:gateway.gunicorn_conf", "gateway:create_app()"]
+CMD ["python", "-m", "gateway.serve"]
 
 FROM base AS preprocess
 COPY preprocess_worker ./preprocess_worker

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format bench drift-demo system-deps clean
+.PHONY: install run test test-fast lint format bench eval drift-demo system-deps clean
 
 install: $(STAMP)
 
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 # Optional system tools some tests use (docker-compose validates compose.yaml offline; promtool from
 # Debian's prometheus checks the alert rules; Debian's
 # chromium drives the web page test, never a browser downloaded by `playwright install`; Debian's
-# dataset-fashion-mnist gives `digitflow train fashion` and the fashion tests their images).
+# dataset-fashion-mnist gives `digitflow train fashion` and the fashion tests their images;
+# the fonts give `make eval` its photo, canvas and outlined-stroke populations and
+# bench/make_font_digits.py its training-only fonts).
 # Best effort: tests that need a missing tool skip and say why.
+EVAL_FONTS := fonts-dkg-handwriting fonts-breip fonts-femkeklaver fonts-sjfonts fonts-humor-sans fonts-kristi \
+	fonts-ecolier-court fonts-rufscript fonts-tomsontalks fonts-yusei-magic fonts-klee fonts-tlwg-purisa-otf \
+	fonts-bwht fonts-urw-base35 fonts-dejavu-core fonts-comic-neue fonts-dancingscript fonts-kaushanscript \
+	fonts-leckerli-one fonts-opendyslexic
 system-deps:
 	@if ! command -v docker-compose >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1)) \
@@ -38,6 +44,10 @@ system-deps:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
 		|| echo "note: dataset-fashion-mnist could not be installed; the Fashion-MNIST tests will skip"; \
+	fi
+	@if [ ! -d /usr/share/fonts/opentype/bwht ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q $(EVAL_FONTS) >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(EVAL_FONTS) >/dev/null 2>&1)) \
+		|| echo "note: the handwriting fonts could not be installed; make eval will skip their populations"; \
 	fi
 
 run: install
@@ -61,6 +71,11 @@ format: install
 
 bench: install
 	$(PY) -m bench
+
+# Accuracy per population and the outlier figures against issue 15's targets (docs/models.md,
+# "Evaluation by population"): about 3 minutes.
+eval: install
+	$(PY) -m bench.populations
 
 # The monitoring loop end to end (docs/monitoring.md): about 6 minutes.
 drift-demo: install

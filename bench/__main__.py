@@ -6,7 +6,9 @@
 Scenarios, all with the same model, preprocessing code and input images (see bench.images):
 ``inprocess`` (no queue, no HTTP: the physical limit), ``monolith`` (one Flask app under gunicorn
 doing every stage in the request), ``chain-per-job`` (digitflow with BATCH_MAX=1) and
-``digitflow`` (its defaults). Each HTTP scenario is measured at every in-flight level, polling
+``digitflow`` (its defaults); ``traced`` (not run unless named) is ``digitflow`` with
+OpenTelemetry tracing on, exporting to a local OTLP sink that drops the data, and the report
+compares the two case by case (``tracing``). Each HTTP scenario is measured at every in-flight level, polling
 and with ``Prefer: wait`` (the monolith answers in one round trip, so it is measured once), plus
 one batch case. Prints a table and ratios and writes the JSON report.
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.images import make_images, write_images
+from bench.otlp_sink import otlp_sink
 from bench.paths import CHECKOUT, MODELS
 from bench.procstats import ProcStats
 from bench.report import memory_of, ratios, render, row_of, targets, write_json
@@ -37,6 +40,7 @@ from bench.runner import BenchConfig, DriverError, Measurement, run_http, run_in
 from bench.stacks import Stack, digitflow_stack, monolith_stack
 
 SCENARIOS = ("inprocess", "monolith", "chain-per-job", "digitflow")
+OPTIONAL_SCENARIOS = ("traced",)
 
 
 @contextmanager
@@ -71,9 +75,44 @@ def run_scenario(name: str, cfg: BenchConfig, stats: ProcStats) -> list[Measurem
     env = {"TASK_EVENTS": "false", "LOG_LEVEL": cfg.log_level, **dict(cfg.digitflow_env)}
     if name == "chain-per-job":
         env["BATCH_MAX"] = "1"
+    if name == "traced":
+        with otlp_sink() as sink:
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+            with digitflow_stack(cfg.var_dir / name, env) as stack, _watched(stack, stats):
+                out = run_http(name, cfg, stack.url, stats, ("poll", "prefer"), stack.batch_counters)
+                _check_alive(stack, name)
+            print(f"  otlp sink: {sink.requests} exports, {sink.bytes / 1e6:.1f} MB", file=sys.stderr, flush=True)
+        return out
     with digitflow_stack(cfg.var_dir / name, env) as stack, _watched(stack, stats):
         out = run_http(name, cfg, stack.url, stats, ("poll", "prefer"), stack.batch_counters)
         _check_alive(stack, name)
+    return out
+
+
+def tracing_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per case: throughput and CPU per job of ``traced`` against ``digitflow``."""
+    out = []
+    for traced in (r for r in rows if r["scenario"] == "traced"):
+        base = next(
+            (
+                r
+                for r in rows
+                if r["scenario"] == "digitflow" and r["mode"] == traced["mode"] and r["inflight"] == traced["inflight"]
+            ),
+            None,
+        )
+        if base is None or not base["jobs_per_s"]:
+            continue
+        out.append(
+            {
+                "mode": traced["mode"],
+                "inflight": traced["inflight"],
+                "jobs_per_s": [base["jobs_per_s"], traced["jobs_per_s"]],
+                "p50_ms": [base["latency_ms"]["p50"], traced["latency_ms"]["p50"]],
+                "cpu_ms_per_job_system": [base["cpu_ms_per_job_system"], traced["cpu_ms_per_job_system"]],
+                "cpu_ms_per_job_added": round(traced["cpu_ms_per_job_system"] - base["cpu_ms_per_job_system"], 3),
+            }
+        )
     return out
 
 
@@ -127,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--scenarios", default=",".join(SCENARIOS), help="comma-separated, from: " + ", ".join(SCENARIOS)
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated, from: " + ", ".join(SCENARIOS + OPTIONAL_SCENARIOS),
     )
     parser.add_argument("--inflight", default="1,16,64", help="jobs in flight, comma-separated")
     parser.add_argument(
@@ -151,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
-    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    unknown = sorted(set(scenarios) - set(SCENARIOS) - set(OPTIONAL_SCENARIOS))
     if unknown:
         build_parser().error(f"unknown scenarios: {', '.join(unknown)}")
     if any("=" not in kv for kv in args.digitflow_env):
@@ -208,8 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     report = {"meta": meta, "rows": rows, "memory": memory, "ratios": ratio_rows}
     report["targets"] = targets(rows, ratio_rows, memory)
     report["errors"] = errors
+    tracing = report["tracing"] = tracing_cost(rows)
     write_json(report, args.out)
     print(render(report))
+    if tracing:
+        print("\nTracing cost (digitflow -> traced): jobs/s, p50 ms, system CPU ms per job")
+        for t in tracing:
+            print(
+                f"  {t['mode']:>7} @{t['inflight']!s:<6} {t['jobs_per_s'][0]:.1f} -> {t['jobs_per_s'][1]:.1f} jobs/s"
+                f"   p50 {t['p50_ms'][0]} -> {t['p50_ms'][1]}   CPU/job {t['cpu_ms_per_job_system'][0]} ->"
+                f" {t['cpu_ms_per_job_system'][1]} ({t['cpu_ms_per_job_added']:+.3f})"
+            )
     print(f"\nJSON report: {args.out}")
     if errors or args.keep:
         print(f"run directory kept (logs under log/): {var_dir}", file=sys.stderr)

@@ -52,6 +52,9 @@ ENV = {
     "RETRAIN_EPOCHS": "4",
     "RETRAIN_HOLDBACK": "0.2",
     "RETRAIN_COOLDOWN_S": "60",
+    # The retrained candidate serves half the traffic; 100 of its jobs decide its promotion.
+    "CANARY_SHARE": "0.5",
+    "MIN_CANARY_JOBS": "100",
     "HEARTBEAT_INTERVAL_S": "0.5",
     "HEARTBEAT_TTL_S": "3",
     "LOG_LEVEL": "WARNING",
@@ -211,7 +214,8 @@ def _scenario(base: str, sup: Supervisor) -> dict[str, Any]:
                     and not state["detected"]
                 ):
                     state["detected"] = (body["generated_at"], sorted({a["kind"] for a in drift}))
-            if any(r.get("promoted") for r in state["retraining"]) and not state["promoted"]:
+            # A retrain is released as the canary candidate; promoted once it is production.
+            if any(v["production"] and v["version"] != "1" for v in body.get("versions", [])) and not state["promoted"]:
                 state["promoted"] = time.time()
             time.sleep(1)
 
@@ -227,7 +231,7 @@ def _scenario(base: str, sup: Supervisor) -> dict[str, Any]:
     recs = traffic.records
     shifted = [r for r in recs if r["phase"] == "shifted"]
     detected_at = state["detected"][0] if state["detected"] else None
-    promoted = next((r for r in state["retraining"] if r.get("promoted")), None)
+    promoted = next((r for r in state["retraining"] if r.get("candidate")), None)
     result.update(
         normal_accuracy=accuracy([r for r in recs if r["phase"] == "normal"]),
         shifted_accuracy_before_retrain=accuracy([r for r in shifted if r.get("version") == "1"]),

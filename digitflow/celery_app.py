@@ -5,11 +5,18 @@ from __future__ import annotations
 from celery import Celery
 
 from digitflow.settings import CoreSettings
-from digitflow.tasks import ROUTES
+from digitflow.tasks import ROUTES, TASK_OF_STAGE
+
+ACCEPT_CONTENT = ("msgpack", "json")
 
 
 def make_celery(service: str, settings: CoreSettings) -> Celery:
-    """A Celery app speaking msgpack only (no pickle is ever accepted), without result storage.
+    """A Celery app sending msgpack and accepting msgpack or JSON, never pickle; no result storage.
+
+    JSON is accepted because Flower and ``celery inspect``/``control`` without ``-A`` send their
+    remote-control messages (``enable_events``, ``inspect``) as JSON; refusing them broke Flower's
+    worker pages and logged a ContentDisallowed every 5 s. Decoding JSON or msgpack runs no code;
+    unpickling does, so pickle stays refused (tests/unit/test_celery_serialization.py).
 
     Results are not stored because the job record in Redis is the source of truth; a chain's
     next message is sent by the worker whatever the backend. Tasks are acknowledged after they
@@ -20,12 +27,18 @@ def make_celery(service: str, settings: CoreSettings) -> Celery:
     app.conf.update(
         task_serializer="msgpack",
         result_serializer="msgpack",
-        accept_content=["msgpack"],
+        accept_content=list(ACCEPT_CONTENT),
         event_serializer="json",
         result_backend=None,
         task_ignore_result=True,
         task_store_errors_even_if_ignored=False,
         task_routes=ROUTES,
+        # Stage batches only (registry, monitor and training tasks are acknowledged on receipt
+        # and may run for minutes): both limits sit below the visibility timeout (settings.py).
+        task_annotations={
+            task: {"soft_time_limit": settings.soft_time_limit_s, "time_limit": settings.hard_time_limit_s}
+            for task in TASK_OF_STAGE.values()
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,

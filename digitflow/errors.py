@@ -15,11 +15,23 @@ class DigitflowError(Exception):
 
     code: ClassVar[str] = "internal_error"
     status: ClassVar[int] = 500
+    # Set where the message and details are meant for the operator (file paths, library
+    # exception text): a job's record then carries this sentence instead, and no details
+    # (``public``); the service that raised it logs the rest.
+    public_message: ClassVar[str | None] = None
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message, details)
         self.message = message
         self.details = details
+
+    def public(self) -> DigitflowError:
+        """This error as a client may see it: itself, or the same code with ``public_message``."""
+        if self.public_message is None:
+            return self
+        twin = type(self).__new__(type(self))
+        DigitflowError.__init__(twin, self.public_message)
+        return twin
 
     def to_dict(self, stage: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -62,6 +74,14 @@ class ImageTooLargeError(InvalidImageError):
     status = 413
 
 
+class MetadataTooLargeError(InvalidImageError):
+    """More ancillary data (text chunks, an ICC profile) than any real upload carries: refused
+    from the header walk, before a decoder inflates any of it."""
+
+    code = "metadata_too_large"
+    status = 413
+
+
 class PayloadTooLargeError(DigitflowError):
     code = "payload_too_large"
     status = 413
@@ -71,6 +91,13 @@ class NoInkError(InvalidImageError):
     """The image decodes but holds nothing that looks like a drawn mark (a blank page)."""
 
     code = "no_ink"
+    status = 422
+
+
+class IdempotencyConflictError(DigitflowError):
+    """An Idempotency-Key sent again with a different request body."""
+
+    code = "idempotency_key_reused"
     status = 422
 
 
@@ -102,6 +129,7 @@ class ModelVersionInvalidError(DigitflowError):
 
     code = "model_version_invalid"
     status = 409
+    public_message = "the model version's files are missing or corrupt"
 
 
 class DeployFailedError(DigitflowError):
@@ -122,6 +150,21 @@ class NoPreviousVersionError(DigitflowError):
     """A rollback with no earlier production version to go back to."""
 
     code = "no_previous_version"
+    status = 409
+
+
+class VersionNotServableError(DigitflowError):
+    """A job pinned a version an admin did not mark servable (only production, the candidate and
+    the model's ``servable`` set may be pinned: a client cannot make workers load any version)."""
+
+    code = "version_not_servable"
+    status = 403
+
+
+class NoCandidateError(DigitflowError):
+    """A canary action (promote, abort) on a model that has no candidate in release."""
+
+    code = "no_candidate"
     status = 409
 
 
@@ -153,11 +196,13 @@ class ModelUnavailableError(DigitflowError):
 
     code = "model_unavailable"
     status = 503
+    public_message = "the model cannot be loaded right now"
 
 
 class InferenceFailedError(DigitflowError):
     code = "inference_failed"
     status = 500
+    public_message = "inference failed"
 
 
 class PoisonJobError(DigitflowError):
@@ -174,11 +219,20 @@ class DeadlineExceededError(DigitflowError):
     status = 504
 
 
+class StageTimeoutError(DigitflowError):
+    """The job's batch ran past its stage's time limit and the job was not finished; it is not
+    blamed for it (no strike), and the client may resubmit it."""
+
+    code = "stage_timeout"
+    status = 504
+
+
 class InvalidMessageError(DigitflowError):
     """A stage received a message that does not match the schema it speaks."""
 
     code = "invalid_message"
     status = 500
+    public_message = "a stage received a malformed message"
 
 
 class ServiceUnavailableError(DigitflowError):
@@ -192,9 +246,23 @@ class ServiceUnavailableError(DigitflowError):
         self.retry_after = retry_after
 
 
+class StoreUnavailableError(ServiceUnavailableError):
+    """The job store refused a write while a stage ran the job (Redis out of memory, or gone):
+    the job is failed at once rather than left unfinished; resubmitting later may succeed."""
+
+    code = "store_unavailable"
+
+
 class OverloadedError(ServiceUnavailableError):
     code = "overloaded"
     status = 429
+
+
+class ModelLoadingError(ServiceUnavailableError):
+    """A pinned version is not loaded in this worker yet: it is being loaded in the background
+    (never on a job's path); retry after ``retry_after`` seconds."""
+
+    code = "model_loading"
 
 
 class RegistryUnavailableError(ServiceUnavailableError):
@@ -207,6 +275,7 @@ class ConfigurationError(DigitflowError):
     """Settings failed validation at start-up."""
 
     code = "configuration_error"
+    public_message = "the service is misconfigured"
 
 
 def error_from_dict(body: dict[str, Any]) -> DigitflowError:

@@ -18,7 +18,14 @@ from io import BytesIO
 
 from PIL import Image
 
-from digitflow.errors import EmptyImageError, ImageTooLargeError, InvalidImageError, UnsupportedFormatError
+from digitflow.errors import (
+    EmptyImageError,
+    ImageTooLargeError,
+    InvalidImageError,
+    PayloadTooLargeError,
+    UnsupportedFormatError,
+)
+from digitflow.png_metadata import MAX_PNG_CHUNKS, MAX_PNG_METADATA_BYTES, png_metadata_bytes
 
 # Pillow format names. Phone cameras write MPO (a JPEG with extra frames): it is read as JPEG.
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "BMP", "GIF", "MPO"})
@@ -27,7 +34,6 @@ MAX_SIDE = 20_000
 BOMB_PIXELS_PER_BYTE = 2_000
 BOMB_MIN_PIXELS = 4_000_000
 # Bounds on the structure walks below, so hostile files cannot make them slow.
-_MAX_PNG_CHUNKS = 100_000
 _MAX_GIF_BLOCKS = 300_000
 
 _ALLOWED_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -78,6 +84,49 @@ class ImageInfo:
     width: int
     height: int
     mode: str
+    # PNG text and ICC bytes (inflated): what a decoder unpacks besides the pixels.
+    metadata_bytes: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+@dataclass
+class UploadBudget:
+    """What one request may make the service do, summed over its images: how many, their bytes,
+    their pixels and their metadata. Each image's own limits (``inspect_image``) bound one
+    image; this bounds a request of many (``max_parts`` images of ``max_image_pixels`` each
+    would otherwise be hundreds of megapixels to decode from one request)."""
+
+    max_images: int
+    max_bytes: int
+    max_pixels: int
+    max_metadata_bytes: int = 2 * MAX_PNG_METADATA_BYTES
+    images: int = 0
+    bytes: int = 0
+    pixels: int = 0
+    metadata_bytes: int = 0
+
+    def charge(self, size: int, info: ImageInfo) -> None:
+        """Count one inspected image of ``size`` bytes. Raises PayloadTooLargeError (413), naming
+        the limit, when the request goes over any of them."""
+        self.images += 1
+        self.bytes += size
+        self.pixels += info.pixels
+        self.metadata_bytes += info.metadata_bytes
+        for limit, used, most in (
+            ("images", self.images, self.max_images),
+            ("bytes", self.bytes, self.max_bytes),
+            ("pixels", self.pixels, self.max_pixels),
+            ("metadata_bytes", self.metadata_bytes, self.max_metadata_bytes),
+        ):
+            if used > most:
+                raise PayloadTooLargeError(
+                    f"the request is too large: at most {most} {limit.replace('_', ' ')} per request",
+                    limit=limit,
+                    max=most,
+                )
 
 
 _GUARD_LOCK = threading.Lock()
@@ -135,6 +184,7 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     if not data:
         raise EmptyImageError("The image is empty.")
     fmt = sniff_format(data)
+    metadata = png_metadata_bytes(data) if fmt == "PNG" else 0  # before Pillow inflates anything
     try:
         with pillow_guard(), Image.open(BytesIO(data), formats=[fmt]) as img:
             width, height = img.size
@@ -156,7 +206,7 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     problem = _STRUCTURE_CHECKS[fmt](data)
     if problem is not None:
         raise InvalidImageError(f"The {fmt} file is {problem}.", **details)
-    return ImageInfo(format=fmt, width=width, height=height, mode=mode)
+    return ImageInfo(format=fmt, width=width, height=height, mode=mode, metadata_bytes=metadata)
 
 
 def _jpeg_problem(data: bytes) -> str | None:
@@ -183,7 +233,7 @@ def _jpeg_problem(data: bytes) -> str | None:
 
 def _png_problem(data: bytes) -> str | None:
     i, n = 8, len(data)
-    for _ in range(_MAX_PNG_CHUNKS):
+    for _ in range(MAX_PNG_CHUNKS):
         if i + 8 > n:
             return "truncated"
         length = int.from_bytes(data[i : i + 4], "big")

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import redis
 
-from digitflow.errors import DigitflowError, JobNotFoundError
+from digitflow.errors import DigitflowError, IdempotencyConflictError, JobNotFoundError
 from digitflow.keys import (
     ACTIVE_JOBS,
     ATTEMPT_PREFIX,
@@ -36,8 +36,10 @@ STAGE_OF_STATUS = {"queued": "preprocess", **{v: k for k, v in STATUS_OF_STAGE.i
 
 # KEYS: job hashes. ARGV[1]: JSON list, one entry per key: [job_id, terminal(0|1), {field: value}].
 # ARGV[2]: done channel. ARGV[3]: image key prefix. ARGV[4]: active-jobs zset.
-# Returns 1 per key that was live and updated.
-_UPDATE_LUA = """
+# Returns 1 per key that was live and updated. allow-oom (Redis 7): at maxmemory (noeviction)
+# Redis refuses ordinary writes, but this script must still be able to fail or finish a job;
+# a terminal update deletes the job's parked image, so it frees more memory than it takes.
+_UPDATE_LUA = """#!lua flags=allow-oom
 local updates = cjson.decode(ARGV[1])
 local live, done = {}, {}
 for i, key in ipairs(KEYS) do
@@ -61,6 +63,80 @@ end
 if #done > 0 then redis.call('PUBLISH', ARGV[2], table.concat(done, ',')) end
 return live
 """
+
+
+# KEYS[1]: a job hash, ARGV[1]: the strike field. A strike for a job whose record expired
+# would re-create its hash without a TTL (HINCRBY creates what is missing): return -1 instead.
+_STRIKE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+"""
+
+
+# Creation, one atomic step. KEYS[1] (optional): the idempotency record. ARGV[1]: JSON spec
+# (jobs [[id, model, item JSON for the backlog]], owner, fp, now, ttl, outage codes, backlog zset);
+# ARGV[2..4]: job prefix, image prefix, active-jobs zset; ARGV[5..]: one image per job.
+# Returns {'created', ''}, {'replay', record} or {'conflict', record}.
+_CREATE_LUA = """
+local spec = cjson.decode(ARGV[1])
+if #KEYS == 1 then
+  local prior = redis.call('GET', KEYS[1])
+  if prior then
+    local record = cjson.decode(prior)
+    if record.fp ~= spec.fp then return {'conflict', prior} end
+    local outage, replay = {}, true
+    for _, code in ipairs(spec.outage) do outage[code] = true end
+    for _, id in ipairs(record.ids) do
+      local fields = redis.call('HMGET', ARGV[2] .. id, 'status', 'error')
+      if not fields[1] then
+        replay = false
+      elseif fields[1] == 'failed' and fields[2] then
+        local ok, err = pcall(cjson.decode, fields[2])
+        if ok and type(err) == 'table' and outage[err.code] then replay = false end
+      end
+    end
+    if replay then return {'replay', prior} end
+  end
+end
+local ids = {}
+for i, job in ipairs(spec.jobs) do
+  local key = ARGV[2] .. job[1]
+  redis.call('HSET', key, 'status', 'queued', 'model', job[2], 'created_at', spec.now, 'owner', spec.owner)
+  redis.call('EXPIRE', key, spec.ttl)
+  redis.call('SET', ARGV[3] .. job[1], ARGV[4 + i], 'EX', spec.ttl)
+  redis.call('ZADD', ARGV[4], spec.now, job[1])
+  if spec.backlog ~= '' then
+    redis.call('HSET', key, 'item', job[3])
+    redis.call('ZADD', spec.backlog, spec.now, job[1])
+  end
+  ids[i] = job[1]
+end
+if #KEYS == 1 then
+  redis.call('SET', KEYS[1], cjson.encode({ids = ids, fp = spec.fp}), 'EX', spec.ttl)
+end
+return {'created', ''}
+"""
+# KEYS[1]: a job hash; ARGV: field, value. Written only while the record lives (an HSET on an
+# expired record would re-create it without a TTL).
+_SET_IF_LIVE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+# Failures that say nothing about the request, only that the system was away: a retry with the
+# same idempotency key gets new jobs instead of this answer again.
+OUTAGE_CODES = frozenset(
+    {"service_unavailable", "store_unavailable", "registry_unavailable", "model_unavailable", "model_loading"}
+    | {"deadline_exceeded", "stage_timeout"}
+)
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """A client's Idempotency-Key and the fingerprint of the request body it was sent with."""
+
+    key: str
+    fingerprint: str
 
 
 def new_job_id() -> str:
@@ -92,42 +168,50 @@ class JobStore:
         self.redis = client
         self.ttl_s = ttl_s
         self._update = client.register_script(_UPDATE_LUA)
+        self._strike = client.register_script(_STRIKE_LUA)
+        self._create = client.register_script(_CREATE_LUA)
+        self._set_if_live = client.register_script(_SET_IF_LIVE_LUA)
 
     # -- gateway side -------------------------------------------------------------------
-    def create(self, jobs: Sequence[NewJob], idempotency_keys: Sequence[str | None] | None = None) -> list[str]:
-        """Create job records and park their images; returns the job ids actually in effect.
+    def create(
+        self,
+        jobs: Sequence[NewJob],
+        idempotency: Idempotency | None = None,
+        owner: str = "",
+        backlog: tuple[str, Sequence[str]] | None = None,
+    ) -> list[str]:
+        """Create job records, park their images and list the jobs as accepted but not yet
+        sent (``backlog``: the zset and one entry per job), in one atomic step. Returns the
+        job ids in effect: the new ones, or an earlier request's with the same idempotency key.
 
-        With an idempotency key that was seen before, the earlier job's id is returned and no
-        new job is created.
+        An idempotency key is scoped to ``owner`` (the submitting credential's fingerprint). A
+        replay with a different body raises IdempotencyConflictError; when an earlier job failed
+        because of an outage (OUTAGE_CODES) or its record is gone, the retry creates new jobs.
         """
-        keys = idempotency_keys or [None] * len(jobs)
-        ids = [job.job_id for job in jobs]
-        fresh = [True] * len(jobs)
-        if any(keys):
-            pipe = self.redis.pipeline(transaction=False)
-            for job, key in zip(jobs, keys, strict=True):
-                if key:
-                    pipe.set(IDEMPOTENCY_PREFIX + key, job.job_id, nx=True, ex=self.ttl_s)
-                    pipe.get(IDEMPOTENCY_PREFIX + key)
-            answers = iter(pipe.execute())
-            for i, key in enumerate(keys):
-                if key:
-                    created, existing = next(answers), next(answers)
-                    if not created:
-                        ids[i] = existing.decode()
-                        fresh[i] = False
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        for job, is_fresh in zip(jobs, fresh, strict=True):
-            if not is_fresh:
-                continue
-            key = JOB_PREFIX + job.job_id
-            pipe.hset(key, mapping={"status": "queued", "model": job.model, "created_at": repr(now)})
-            pipe.expire(key, self.ttl_s)
-            pipe.set(IMAGE_PREFIX + job.job_id, job.image, ex=self.ttl_s)
-            pipe.zadd(ACTIVE_JOBS, {job.job_id: now})
-        pipe.execute()
-        return ids
+        backlog_key, entries = backlog or ("", [""] * len(jobs))
+        spec = {
+            "jobs": [[job.job_id, job.model, entry] for job, entry in zip(jobs, entries, strict=True)],
+            "owner": owner,
+            "fp": idempotency.fingerprint if idempotency else "",
+            "now": repr(time.time()),
+            "ttl": self.ttl_s,
+            "outage": sorted(OUTAGE_CODES),
+            "backlog": backlog_key,
+        }
+        keys = [IDEMPOTENCY_PREFIX + f"{owner}:{idempotency.key}"] if idempotency else []
+        answer = self._create(
+            keys=keys,
+            args=[json.dumps(spec), JOB_PREFIX, IMAGE_PREFIX, ACTIVE_JOBS, *(job.image for job in jobs)],
+        )
+        outcome, prior = answer[0].decode(), answer[1]
+        if outcome == "created":
+            return [job.job_id for job in jobs]
+        record = json.loads(prior)
+        if outcome == "conflict":
+            raise IdempotencyConflictError(
+                "this Idempotency-Key was used with a different request body", job_ids=record["ids"]
+            )
+        return list(record["ids"])
 
     def fail_unsent(self, job_ids: Iterable[str], error: DigitflowError) -> None:
         """Fail jobs the gateway accepted but could not hand to the pipeline."""
@@ -179,9 +263,10 @@ class JobStore:
         live, attempt, _ = pipe.execute()
         return [bool(x) for x in live], int(attempt)
 
-    def fail(self, stage: str, failures: Sequence[tuple[str, DigitflowError]]) -> None:
+    def fail(self, stage: str, failures: Sequence[tuple[str, DigitflowError]]) -> list[bool]:
+        """Fail jobs at ``stage``; returns, per job, whether it was live (and is failed now)."""
         now = repr(time.time())
-        self.update(
+        return self.update(
             [(job_id, {**_fail_fields(stage, err), f"t:{stage}:end": now}) for job_id, err in failures],
             terminal=True,
         )
@@ -209,13 +294,14 @@ class JobStore:
 
     def strike_suspect(self, stage: str, batch_id: str) -> tuple[str, int] | None:
         """The job that was running alone when the last delivery's process died, with its
-        strike count for this stage, now one higher; None if no job was running alone."""
+        strike count for this stage, now one higher; None if no job was running alone or its
+        record has expired (it is not re-created)."""
         suspect = cast(bytes | None, self.redis.getdel(f"{SUSPECT_PREFIX}{stage}:{batch_id}"))
         if suspect is None:
             return None
         job_id = suspect.decode()
-        strikes = int(cast(int, self.redis.hincrby(JOB_PREFIX + job_id, f"strikes:{stage}", 1)))
-        return job_id, strikes
+        strikes = int(cast(int, self._strike(keys=[JOB_PREFIX + job_id], args=[f"strikes:{stage}"])))
+        return (job_id, strikes) if strikes >= 0 else None
 
     # -- deadline sweep --------------------------------------------------------------------
     def overdue(self, deadline_s: float, limit: int = 500) -> list[str]:
@@ -259,6 +345,20 @@ class JobStore:
             raise JobNotFoundError("no job with this id (unknown or expired)", job_id=job_id)
         return render_job(job_id, {k.decode(): v.decode() for k, v in raw.items()})
 
+    def credentials(self, job_id: str) -> tuple[str, str] | None:
+        """Who submitted the job and who last labelled it (credential fingerprints, "" when
+        not recorded); None when the record is unknown or expired."""
+        status, owner, labeller = cast(
+            list[bytes | None], self.redis.hmget(JOB_PREFIX + job_id, ["status", "owner", "feedback_by"])
+        )
+        if status is None:
+            return None
+        return (owner or b"").decode(), (labeller or b"").decode()
+
+    def set_labeller(self, job_id: str, credential: str) -> bool:
+        """Record which credential labelled the job; False (nothing written) if it expired."""
+        return bool(self._set_if_live(keys=[JOB_PREFIX + job_id], args=["feedback_by", credential]))
+
     def status(self, job_id: str) -> str | None:
         value = cast(bytes | None, self.redis.hget(JOB_PREFIX + job_id, "status"))
         return value.decode() if value is not None else None
@@ -267,7 +367,8 @@ class JobStore:
 def _fail_fields(stage: str, error: DigitflowError) -> dict[str, str]:
     return {
         "status": "failed",
-        "error": json.dumps(error.to_dict(stage=stage)),
+        # The public view: operator detail (paths, library text) stays in the service log.
+        "error": json.dumps(error.public().to_dict(stage=stage)),
         "finished_at": repr(time.time()),
     }
 

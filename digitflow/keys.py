@@ -9,7 +9,12 @@ seconds; "job TTL" is JOB_TTL_S (24 h by default).
 | df:job:<id>                      | hash    | job TTL         | gateway, every stage  | gateway, stages             |
 | df:img:<id>                      | string  | job TTL, or     | gateway               | preprocess                  |
 |                                  |         | deleted at end  |                       |                             |
-| df:idem:<key>                    | string  | job TTL         | gateway               | gateway                     |
+| df:idem:<credential>:<key>       | string  | job TTL         | gateway (JSON: job    | gateway                     |
+|                                  |         |                 | ids, body fingerprint)|                             |
+| df:gateways                      | zset    | none (adopted   | every gateway (beat)  | gateway (backlog adoption)  |
+|                                  |         | ones leave)     |                       |                             |
+| df:backlog:<gateway>             | zset    | none (entries   | gateway (accepted,    | gateway (a live one adopts  |
+|                                  |         | leave when sent)| not yet sent)         | a dead one's)               |
 | df:active                        | zset    | none (members   | gateway, stages       | gateway (deadline sweep)    |
 |                                  |         | leave at end)   |                       |                             |
 | df:done                          | channel | -               | stages (finished ids) | gateway (Prefer: wait)      |
@@ -26,6 +31,8 @@ seconds; "job TTL" is JOB_TTL_S (24 h by default).
 | df:registry:lock:<model>         | string  | 3 x deploy + 60 | registry, CLI (Lock)  | registry, CLI               |
 | df:registry:seen:<request>       | string  | 1 h             | registry service      | registry service            |
 | df:registry:reply:<request>      | list    | 10 min          | registry service      | gateway, CLI, training      |
+| df:release:<model>               | hash    | 7 d (reset when | inference (served /   | monitor (canary decision)   |
+|                                  |         | a canary starts)| failed per version)   |                             |
 | df:monitor:report:<model>        | string  | none            | monitor               | gateway, CLI                |
 | df:monitor:since:<model>         | hash    | none            | monitor               | monitor                     |
 | df:monitor:retrain:<model>       | list    | none (50 kept)  | training              | gateway, CLI                |
@@ -34,6 +41,14 @@ seconds; "job TTL" is JOB_TTL_S (24 h by default).
 |                                  |         |                 | training releases     |                             |
 | df:monitor:retrain-claim:<token> | string  | 24 h            | training              | training                    |
 | df:monitor:pruned:<model>        | string  | none            | monitor               | monitor                     |
+
+Redis runs with ``maxmemory`` and ``noeviction`` (compose.yaml; docs/reliability.md). Every
+key made per job or per request has a TTL. The keys above without one are bounded by what
+they hold, not by time: ``df:active`` by the jobs in flight (a member leaves when its job
+ends, or at the deadline sweep); ``df:workers:*`` by the live worker processes (pruned past
+the beat TTL); ``df:models``, ``df:models:production`` and every ``df:monitor:*`` key without
+a TTL hold one small entry per model (the retrain list keeps its last 50). A TTL there would
+let a quiet model's registry view or monitoring state vanish.
 
 Celery's own keys on the same database (kombu's Redis transport): one list per queue
 (``preprocess``, ``inference``, ``inference.<model>``, ``postprocess``, ``registry``,
@@ -52,6 +67,8 @@ DONE_CHANNEL = "df:done"
 ATTEMPT_PREFIX = "df:attempt:"
 SUSPECT_PREFIX = "df:suspect:"
 SWEEP_LOCK = "df:sweeper:lock"
+GATEWAYS = "df:gateways"
+BACKLOG_PREFIX = "df:backlog:"
 
 WORKERS_PREFIX = "df:workers:"
 PROCESSES_PREFIX = "df:workers:processes:"
@@ -63,6 +80,7 @@ DEPLOY_ACKS_PREFIX = "df:deploy:"
 REGISTRY_LOCK_PREFIX = "df:registry:lock:"
 REGISTRY_SEEN_PREFIX = "df:registry:seen:"
 REGISTRY_REPLY_PREFIX = "df:registry:reply:"
+RELEASE_PREFIX = "df:release:"  # + model: "<version>:served" / "<version>:failed" while a canary runs
 
 MONITOR_PREFIX = "df:monitor:"
 

@@ -7,6 +7,7 @@ job id (claim check) and the preprocess stage fetches them. Pixels travel as 784
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
@@ -16,6 +17,8 @@ from digitflow.errors import InvalidMessageError
 SCHEMA_VERSION = 1
 PIXELS = 28 * 28
 MAX_ITEMS = 1024
+# W3C trace context, version 00 (digitflow/tracing.py): the job's span at the previous hop.
+TRACEPARENT_RE = re.compile(r"^00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
 class Item(TypedDict, total=False):
@@ -38,6 +41,12 @@ class Item(TypedDict, total=False):
     outlier_score: float
     outlier_threshold: float
     temperature: float
+    # Tracing (optional; only while tracing is on): W3C traceparent of the job's last span.
+    traceparent: str
+    # Set by inference while a candidate runs in shadow: the candidate's answer to the same
+    # input (version, logits, embedding, outlier_score, outlier_threshold, temperature), which
+    # postprocess logs as a shadow row and never returns.
+    shadow: dict[str, Any]
 
 
 class Batch(TypedDict):
@@ -68,6 +77,8 @@ def check_item(raw: Any, needs: Sequence[str]) -> Item:
     for key in ("profile", "pin"):
         if key in raw and not isinstance(raw[key], str):
             raise InvalidMessageError(f"batch item {key!r} must be a string", job_id=job_id)
+    if "traceparent" in raw and not (isinstance(raw["traceparent"], str) and TRACEPARENT_RE.match(raw["traceparent"])):
+        raise InvalidMessageError("batch item 'traceparent' must be a W3C traceparent", job_id=job_id)
     for key in needs:
         if key not in raw:
             raise InvalidMessageError(f"batch item lacks {key!r}", job_id=job_id)

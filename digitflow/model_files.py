@@ -20,6 +20,10 @@ from digitflow.errors import ModelVersionInvalidError
 
 WEIGHTS_FILE = "weights.safetensors"
 METADATA_FILE = "model.json"
+# The outlier detector and drift reference (digitflow/reference.py), covered by
+# ``reference_sha256`` in versions written since it was added; older versions lack the field and
+# stay loadable, but nothing then detects a replaced reference (outlier flags, drift alerts).
+REFERENCE_FILE = "reference.safetensors"
 REQUIRED = ("name", "version", "architecture", "weights_sha256")
 # The input profile of a model.json that names none (every version shipped before profiles).
 DIGITS_PROFILE = "digits-mnist"
@@ -60,6 +64,9 @@ def read_model_json(model_dir: Path, architectures: Collection[str] = ()) -> dic
     labels = meta.get("labels")
     if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
         problems.append("'labels' must be a non-empty list of strings")
+    digest = meta.get("reference_sha256")
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64):
+        problems.append("'reference_sha256' must be a hex sha256")
     if architectures and meta.get("architecture") not in architectures:
         problems.append(f"unknown architecture {meta.get('architecture')!r} (known: {sorted(architectures)})")
     if problems:
@@ -84,7 +91,42 @@ def verify_model_dir(model_dir: Path) -> dict[str, Any]:
             f"{str(meta['weights_sha256'])[:12]}...): corrupt or replaced",
             path=str(weights),
         )
+    problem = reference_problem(Path(model_dir), meta)
+    if problem is not None:
+        raise ModelVersionInvalidError(problem, path=str(Path(model_dir) / REFERENCE_FILE))
     return meta
+
+
+def reference_problem(model_dir: Path, meta: dict[str, Any]) -> str | None:
+    """Why ``reference.safetensors`` is not the one ``model.json`` names, or None when it is (or
+    when model.json names none: a version written before the field existed)."""
+    expected = meta.get("reference_sha256")
+    if expected is None:
+        return None
+    try:
+        actual = sha256_file(model_dir / REFERENCE_FILE)
+    except OSError:
+        return f"{REFERENCE_FILE} is missing or unreadable, but model.json names its sha256"
+    if actual != str(expected).lower():
+        return (
+            f"{REFERENCE_FILE} does not match model.json (sha256 {actual[:12]}..., expected "
+            f"{str(expected)[:12]}...): corrupt or replaced"
+        )
+    return None
+
+
+def record_reference_digest(model_dir: Path) -> None:
+    """Write the sha256 of the version's ``reference.safetensors`` into its ``model.json``
+    (atomically; nothing when the folder has no model.json yet)."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        return
+    meta = json.loads(path.read_text(encoding="utf-8"))
+    meta["reference_sha256"] = sha256_file(Path(model_dir) / REFERENCE_FILE)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
 
 
 def install_dir(fill: Any, target: Path) -> Path:

@@ -71,6 +71,10 @@ predictions = Table(
     Column("feedback_at", Float, nullable=True),
     Index("ix_predictions_model_at", "model", "at"),
 )
+# A shadow candidate's answer to a job is logged as its own row, job id + this suffix (job ids
+# are 32 characters): it counts for the candidate's version, takes the job's feedback too, and
+# is never retraining data (the job's own row is).
+SHADOW_SUFFIX = ":shadow"
 SCALARS = ("id", "at", "version", "label", "confidence", "calibrated", "outlier_score", "outlier")
 STATS = ("ink_ratio", "mean_intensity", "aspect")
 
@@ -136,7 +140,7 @@ class PredictionLog:
         with self.engine.begin() as conn:
             done = conn.execute(
                 update(predictions)
-                .where(c.job_id == job_id, c.true_label.is_distinct_from(label))
+                .where(c.job_id.in_([job_id, job_id + SHADOW_SUFFIX]), c.true_label.is_distinct_from(label))
                 .values(true_label=label, feedback_at=time.time())
             )
             if done.rowcount:
@@ -159,11 +163,18 @@ class PredictionLog:
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(query) if r[0]]
 
-    def labelled(self, model: str, after_id: int = 0, inliers_only: bool = True) -> list[Row[Any]]:
-        """Rows of ``model`` with feedback (id, at, version, pixels, true_label), oldest first."""
+    def labelled(self, model: str, after_id: int = 0, inliers_only: bool = False) -> list[Row[Any]]:
+        """Rows of ``model`` with feedback (id, at, version, pixels, true_label), oldest first.
+
+        Flagged outliers are included unless ``inliers_only``: a user's label says the input is a
+        digit of that class, and a new population's inputs are the ones the detector flags."""
         c = predictions.c
         query = select(c.id, c.at, c.version, c.pixels, c.true_label, c.label).where(
-            c.model == model, c.true_label.is_not(None), c.pixels.is_not(None), c.id > after_id
+            c.model == model,
+            c.true_label.is_not(None),
+            c.pixels.is_not(None),
+            c.id > after_id,
+            c.job_id.not_like("%" + SHADOW_SUFFIX),
         )
         if inliers_only:
             query = query.where(c.outlier.is_(False))
@@ -171,9 +182,14 @@ class PredictionLog:
             return list(conn.execute(query.order_by(c.feedback_at, c.id)))
 
     def count_labelled(self, model: str, after_id: int = 0) -> int:
+        """How many rows of ``model`` after ``after_id`` have feedback, flagged outliers included
+        (the monitor's retrain trigger: as many inputs as :meth:`labelled` trains on)."""
         c = predictions.c
         query = select(func.count()).where(
-            c.model == model, c.true_label.is_not(None), c.outlier.is_(False), c.id > after_id
+            c.model == model,
+            c.true_label.is_not(None),
+            c.id > after_id,
+            c.job_id.not_like("%" + SHADOW_SUFFIX),
         )
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())

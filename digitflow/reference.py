@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-REFERENCE_FILE = "reference.safetensors"
+from digitflow.model_files import METADATA_FILE, REFERENCE_FILE, record_reference_digest, reference_problem
+
 INPUT_STATS = ("ink_ratio", "mean_intensity", "aspect")
 ARRAYS = ("class_means", "precision", "class_freq", "maxprob", "embeddings", *INPUT_STATS)
 
@@ -90,7 +91,8 @@ def fit_detector(
 
 
 def save_reference(model_dir: Path, ref: Reference) -> Path:
-    """Write ``reference.safetensors`` atomically into ``model_dir``; returns its path."""
+    """Write ``reference.safetensors`` atomically into ``model_dir`` and its sha256 into the
+    folder's ``model.json`` (``reference_sha256``, checked on every load); returns its path."""
     from safetensors.numpy import save_file
 
     tensors = {name: np.ascontiguousarray(getattr(ref, name)) for name in ARRAYS}
@@ -100,15 +102,25 @@ def save_reference(model_dir: Path, ref: Reference) -> Path:
     save_file(tensors, str(tmp), metadata={"digitflow": json.dumps(meta)})
     tmp.chmod(0o644)
     os.replace(tmp, path)
+    record_reference_digest(Path(model_dir))
     return path
 
 
 def load_reference(model_dir: Path) -> Reference | None:
     """The reference of the version in ``model_dir``; None when it has none (an older version).
 
-    Raises ValueError for a file that exists but is not a valid reference.
+    Raises ValueError for a file that exists but is not a valid reference, and when model.json
+    names a ``reference_sha256`` the file does not match (or the file is missing).
     """
     path = Path(model_dir) / REFERENCE_FILE
+    meta_path = Path(model_dir) / METADATA_FILE
+    if meta_path.is_file():
+        try:
+            problem = reference_problem(Path(model_dir), json.loads(meta_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{meta_path}: cannot read metadata: {exc}") from exc
+        if problem is not None:
+            raise ValueError(f"{model_dir}: {problem}")
     if not path.is_file():
         return None
     from safetensors import safe_open

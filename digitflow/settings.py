@@ -70,6 +70,13 @@ class CoreSettings:
     # How long Redis keeps an unacknowledged message before giving it to another worker: far
     # above a batch's run time (< 1 s), and the bound on recovery after a worker's main process dies.
     visibility_timeout_s: int = 30
+    # Time limits of one stage batch, both below VISIBILITY_TIMEOUT_S so that Redis never hands
+    # a batch that is still running to a second worker. At the soft limit the batch's unfinished
+    # jobs fail with `stage_timeout` (no strike); at the hard limit the pool kills the process
+    # and the batch's live jobs fail the same way. 0 = auto: half and four fifths of
+    # VISIBILITY_TIMEOUT_S (15 s and 24 s by default; a batch normally runs well under 1 s).
+    stage_soft_time_limit_s: float = 0.0
+    stage_time_limit_s: float = 0.0
     # A job not finished this long after it was accepted is failed (code deadline_exceeded), so
     # nothing stays queued forever even if a message is lost (e.g. Redis killed without AOF sync).
     job_deadline_s: int = 900
@@ -93,6 +100,10 @@ class CoreSettings:
     database_url: str = ""
     outlier_policy: str = "flag"
     prediction_log: bool = True
+    # Canary releases (docs/models.md): a new candidate serves CANARY_SHARE of live jobs
+    # (CANARY_MODE=canary) or runs beside production on every job, its answer only logged (shadow).
+    canary_mode: str = "canary"
+    canary_share: float = 0.1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Self:
@@ -127,6 +138,12 @@ class CoreSettings:
             raise ConfigurationError("VISIBILITY_TIMEOUT_S must be >= 5 and below JOB_DEADLINE_S")
         if self.max_strikes < 1:
             raise ConfigurationError("MAX_STRIKES must be >= 1")
+        if not 0 < self.soft_time_limit_s < self.hard_time_limit_s < self.visibility_timeout_s:
+            raise ConfigurationError(
+                "need 0 < STAGE_SOFT_TIME_LIMIT_S < STAGE_TIME_LIMIT_S < VISIBILITY_TIMEOUT_S (0 = auto)"
+            )
+        if self.canary_mode not in {"canary", "shadow"} or not 0 < self.canary_share <= 1:
+            raise ConfigurationError("CANARY_MODE must be canary or shadow, CANARY_SHARE in (0, 1]")
         if self.deploy_timeout_s <= 0 or self.deploy_recheck_s <= 0:
             raise ConfigurationError("DEPLOY_TIMEOUT_S and DEPLOY_RECHECK_S must be > 0")
         if self.outlier_policy not in {"flag", "reject"}:
@@ -136,6 +153,14 @@ class CoreSettings:
         password = urlsplit(self.redis_url).password
         if password is not None and password.lower() in PLACEHOLDER_SECRETS:
             raise ConfigurationError("REDIS_URL carries a placeholder password; set a real secret")
+
+    @property
+    def soft_time_limit_s(self) -> float:
+        return self.stage_soft_time_limit_s or 0.5 * self.visibility_timeout_s
+
+    @property
+    def hard_time_limit_s(self) -> float:
+        return self.stage_time_limit_s or 0.8 * self.visibility_timeout_s
 
     @property
     def log_dir(self) -> Path:
@@ -164,8 +189,12 @@ class CoreSettings:
 @dataclass(frozen=True)
 class GatewaySettings(CoreSettings):
     max_upload_mb: float = 10.0
-    max_image_pixels: int = 40_000_000
+    # 12 MP: a 4000x3000 phone photo, the largest common upload. Pixels, not bytes, are what
+    # decoding costs (a 16-bit PNG of 40 MP is 88 KB and takes seconds); see docs/reliability.md.
+    max_image_pixels: int = 12_000_000
     max_parts: int = 64
+    # Pixels of all the images of one request together (UploadBudget): four full-size photos.
+    max_request_pixels: int = 48_000_000
     max_wait_s: float = 30.0
     # Micro-batching: jobs arriving together travel as one chain (see gateway/batcher.py).
     batch_max: int = 32
@@ -176,6 +205,9 @@ class GatewaySettings(CoreSettings):
     # (in this process's batcher plus the stage queues) or the oldest one's age pass a limit.
     max_queue_depth: int = 2000
     max_queue_age_s: float = 10.0
+    # ... or when Redis has used this share of its maxmemory (digitflow/store_memory.py): the
+    # rest is the headroom the jobs already accepted need to finish.
+    redis_memory_high_water: float = 0.8
     sweep_interval_s: float = 5.0
     api_keys: tuple[str, ...] = ()
     # Bearer token of the model write actions (promote, rollback); empty disables them.
@@ -190,6 +222,8 @@ class GatewaySettings(CoreSettings):
         super().validate()
         if not 0 < self.max_upload_mb <= 1024:
             raise ConfigurationError("MAX_UPLOAD_MB must be in (0, 1024]")
+        if not 1 <= self.max_image_pixels <= self.max_request_pixels:
+            raise ConfigurationError("need 1 <= MAX_IMAGE_PIXELS <= MAX_REQUEST_PIXELS")
         if not 1 <= self.batch_max <= 1024:
             raise ConfigurationError("BATCH_MAX must be in [1, 1024]")
         if self.batch_wait_ms < 0 or self.batches_in_flight < 0:
@@ -198,6 +232,8 @@ class GatewaySettings(CoreSettings):
             raise ConfigurationError("ADMIN_TOKEN must be a real secret of at least 12 characters")
         if self.registry_timeout_s <= 0:
             raise ConfigurationError("REGISTRY_TIMEOUT_S must be > 0")
+        if not 0 < self.redis_memory_high_water < 1:
+            raise ConfigurationError("REDIS_MEMORY_HIGH_WATER must be in (0, 1)")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -209,10 +245,13 @@ class WorkerSettings(CoreSettings):
     """Settings of a stage worker; ``metrics_port`` is where its Prometheus text is served."""
 
     metrics_port: int = 0
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 12_000_000  # the gateway's limit (GatewaySettings), checked again
     # Fault injection for the reliability tests only: a preprocess worker whose input contains
     # this byte string kills its own process (SIGABRT), as a decoder crash would. Empty = off.
     fault_crash_marker: str = ""
+    # ... or, with this one, sleeps for twice VISIBILITY_TIMEOUT_S, as a decoder stuck on a
+    # hostile file would, so that only the stage's time limits can end the batch. Empty = off.
+    fault_delay_marker: str = ""
 
 
 @dataclass(frozen=True)
@@ -280,6 +319,11 @@ class MonitorSettings(WorkerSettings):
     retrain_margin: float = 0.01
     retrain_epochs: int = 6
     retrain_cooldown_s: float = 3600.0
+    # Canary decision (docs/models.md): once the candidate has MIN_CANARY_JOBS jobs, the monitor
+    # promotes it if no live signal is worse than production's by more than CANARY_MARGIN, else
+    # retires it.
+    min_canary_jobs: int = 200
+    canary_margin: float = 0.02
     # Retention of the prediction log (0: keep forever): the inputs and embeddings of unlabelled
     # rows go after PIXELS_RETENTION_DAYS (labelled ones are the retraining data and stay), whole
     # rows after PREDICTIONS_RETENTION_DAYS (beyond "quarter 1", the oldest accuracy-by-age bucket).
@@ -292,6 +336,8 @@ class MonitorSettings(WorkerSettings):
             raise ConfigurationError("MONITOR_INTERVAL_S, WINDOW_SCALE and BUCKET_S must be > 0")
         if not 0 < self.p_value < 1 or not 0 < self.retrain_holdback < 1:
             raise ConfigurationError("P_VALUE and RETRAIN_HOLDBACK must be in (0, 1)")
+        if self.min_canary_jobs < 1 or not 0 <= self.canary_margin < 1:
+            raise ConfigurationError("MIN_CANARY_JOBS must be >= 1 and CANARY_MARGIN in [0, 1)")
         if self.sample_size < 20 or self.permutations < 20:
             raise ConfigurationError("SAMPLE_SIZE and PERMUTATIONS must be >= 20")
         week = 7 * self.window_scale

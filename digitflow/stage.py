@@ -12,7 +12,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from digitflow.errors import DigitflowError, InvalidMessageError, PoisonJobError
+import redis
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+from digitflow import tracing
+from digitflow.errors import (
+    DigitflowError,
+    InvalidMessageError,
+    PoisonJobError,
+    StageTimeoutError,
+    StoreUnavailableError,
+)
 from digitflow.jobs import JobStore
 from digitflow.messages import Batch, Item, check_item, make_batch, parse_batch
 from digitflow.observability import (
@@ -29,7 +39,8 @@ logger = logging.getLogger("digitflow.stage")
 
 
 class UnexpectedStageError(DigitflowError):
-    """A step raised something that is not a DigitflowError: a bug, reported per job."""
+    """A step raised something that is not a DigitflowError: a bug, reported per job. The job's
+    error says only that; the exception itself goes to the service log (``step_crashed``)."""
 
     code = "internal_error"
 
@@ -37,7 +48,17 @@ class UnexpectedStageError(DigitflowError):
 def _failure_of(stage: str, exc: BaseException) -> DigitflowError:
     if isinstance(exc, DigitflowError):
         return exc
-    return UnexpectedStageError(f"{stage} failed unexpectedly: {type(exc).__name__}")
+    return UnexpectedStageError(f"the {stage} stage failed unexpectedly")
+
+
+def stage_timeout(stage: str) -> StageTimeoutError:
+    """The error of a job its batch's soft time limit left unfinished (no strike: the batch as a
+    whole ran too long, which says nothing about this job)."""
+    return StageTimeoutError(f"the {stage} stage ran out of time for this job's batch; resubmit it")
+
+
+def store_unavailable(stage: str) -> StoreUnavailableError:
+    return StoreUnavailableError(f"the job store refused a write in the {stage} stage; resubmit later")
 
 
 def run_stage(
@@ -68,14 +89,24 @@ def run_stage(
                 failures.append((job_id, exc))
     # The version that served a job (set by inference) is recorded when the next stage starts.
     versions = {item["job_id"]: {"model_version": str(item["version"])} for item in items if "version" in item}
-    live, attempt = store.start_stage(
-        stage, batch["batch_id"], [item["job_id"] for item in items], batch["sent_at"], versions
-    )
+    try:
+        live, attempt = store.start_stage(
+            stage, batch["batch_id"], [item["job_id"] for item in items], batch["sent_at"], versions
+        )
+    except redis.RedisError as exc:
+        # Redis refused the write (out of memory, or gone): fail the batch now rather than leave
+        # its jobs unfinished until the deadline sweep. The failure write frees each job's image.
+        _store_refused(stage, batch["batch_id"], exc)
+        refused: list[tuple[str, DigitflowError]] = [(item["job_id"], store_unavailable(stage)) for item in items]
+        _record(stage, store, [], failures + refused, False)
+        return make_batch(batch["batch_id"], [])
     # Jobs already finished (a redelivered message after a crash) are not run again.
     items = [item for item, is_live in zip(items, live, strict=True) if is_live]
     STAGE_QUEUE_SECONDS.labels(stage).observe(max(0.0, received - batch["sent_at"]))
     BATCH_SIZE.labels(stage).observe(len(items))
 
+    # One span per batch and one per job in the job's own trace (digitflow/tracing.py); None when off.
+    trace = tracing.start_batch(stage, batch["batch_id"], items) if items and tracing.enabled() else None
     started = time.perf_counter()
     outputs: Sequence[Any]
     if items and attempt > 1:
@@ -95,7 +126,17 @@ def run_stage(
             failures.append((item["job_id"], _failure_of(stage, out)))
         else:
             passed.append((item, out))
-    _record(stage, store, passed, failures, terminal)
+    try:
+        _record(stage, store, passed, failures, terminal)
+    except redis.RedisError as exc:
+        _store_refused(stage, batch["batch_id"], exc)
+        lost: list[tuple[str, DigitflowError]] = [(item["job_id"], store_unavailable(stage)) for item, _ in passed]
+        _record(stage, store, [], failures + lost, terminal)  # raises if Redis takes no write at all
+        passed = []
+    if trace is not None:
+        forward = trace.end({job_id: err.code for job_id, err in failures})
+        if not terminal:  # the next stage continues each job's trace from this stage's span
+            passed = [(item, {**out, "traceparent": forward[item["job_id"]]}) for item, out in passed]
     duration_ms = round(duration * 1000, 3)
     if logger.isEnabledFor(logging.INFO):
         log_event(
@@ -123,12 +164,19 @@ def run_stage(
     return make_batch(batch["batch_id"], [out for _, out in passed])
 
 
+def _store_refused(stage: str, batch_id: str, exc: redis.RedisError) -> None:
+    log_event(logger, "store_write_refused", logging.ERROR, stage=stage, batch_id=batch_id, error=str(exc)[:300])
+
+
 def _run_batch(stage: str, items: list[Item], step: Step) -> Sequence[Any]:
     try:
         outputs = step(items) if items else []
         if len(outputs) != len(items):
             raise InvalidMessageError(f"{stage} step returned {len(outputs)} outputs for {len(items)} items")
         return outputs
+    except SoftTimeLimitExceeded:  # the task's soft time limit: these jobs did not finish in time
+        log_event(logger, "stage_timeout", logging.WARNING, stage=stage, jobs=len(items))
+        return [stage_timeout(stage)] * len(items)
     except Exception as exc:  # the whole step broke (e.g. model will not load): fail its jobs
         if not isinstance(exc, DigitflowError):
             logger.exception("step crashed", extra={"event": "step_crashed", "stage": stage})
@@ -138,10 +186,52 @@ def _run_batch(stage: str, items: list[Item], step: Step) -> Sequence[Any]:
 def _run_one_by_one(stage: str, store: JobStore, batch_id: str, items: list[Item], step: Step) -> list[Any]:
     outputs: list[Any] = []
     for item in items:
+        if outputs and isinstance(outputs[-1], StageTimeoutError):
+            outputs.append(stage_timeout(stage))  # out of time: the rest are not run at all
+            continue
         store.set_suspect(stage, batch_id, item["job_id"])
         outputs.extend(_run_batch(stage, [item], step))
     store.set_suspect(stage, batch_id, None)
     return outputs
+
+
+def fail_batch_after_task_error(stage: str, store: JobStore, raw_batch: Any, exc: BaseException) -> int:
+    """Fail the live jobs of a stage task that ended in an exception outside ``run_stage``'s own
+    handling: its hard time limit (the worker killed the process), a soft limit that struck
+    outside the step, or a Redis error while sending the next message. Celery acknowledges
+    such a task, so without this its jobs would wait for the deadline sweep. Returns how many
+    jobs were failed; Redis errors here are logged and left to the sweep.
+    """
+    try:
+        batch = parse_batch(raw_batch)
+    except InvalidMessageError:
+        return 0
+    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
+        error: DigitflowError = stage_timeout(stage)
+    elif isinstance(exc, redis.RedisError) or "OOM" in str(exc):
+        error = store_unavailable(stage)
+    else:
+        error = UnexpectedStageError(f"the {stage} stage failed unexpectedly")
+    job_ids = [str(item["job_id"]) for item in batch["items"] if isinstance(item, dict) and item.get("job_id")]
+    try:
+        live = store.fail(stage, [(job_id, error) for job_id in job_ids])
+    except redis.RedisError as write_error:
+        _store_refused(stage, batch["batch_id"], write_error)
+        return 0
+    failed = sum(live)
+    log_event(
+        logger,
+        "task_failed",
+        logging.ERROR,
+        stage=stage,
+        batch_id=batch["batch_id"],
+        error_code=error.code,
+        failed=failed,
+        error=f"{type(exc).__name__}: {str(exc)[:300]}",
+    )
+    for _ in range(failed):
+        JOBS_FAILED.labels(stage, error.code).inc()
+    return failed
 
 
 def _strike(
@@ -169,7 +259,15 @@ def _record(
         store.fail(stage, failures)
         for job_id, err in failures:
             JOBS_FAILED.labels(stage, err.code).inc()
-            log_event(logger, "job_failed", logging.WARNING, stage=stage, job_id=job_id, error_code=err.code)
+            log_event(
+                logger,
+                "job_failed",
+                logging.WARNING,
+                stage=stage,
+                job_id=job_id,
+                error_code=err.code,
+                error=err.message[:500],  # the job's record may carry only a generic sentence
+            )
     if passed:
         if terminal:
             store.succeed(stage, [(item["job_id"], out) for item, out in passed])

@@ -22,7 +22,18 @@ REGISTRY_QUEUE: Final = "registry"
 REGISTRY_PROMOTE: Final = "registry.promote"
 REGISTRY_ROLLBACK: Final = "registry.rollback"
 REGISTRY_SYNC: Final = "registry.sync"
-REGISTRY_TASKS: Final = (REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC)
+# Canary releases (docs/models.md): start a candidate, retire (abort) it, mark pinnable versions.
+REGISTRY_CANDIDATE: Final = "registry.candidate"
+REGISTRY_RETIRE: Final = "registry.retire"
+REGISTRY_SERVABLE: Final = "registry.servable"
+REGISTRY_TASKS: Final = (
+    REGISTRY_PROMOTE,
+    REGISTRY_ROLLBACK,
+    REGISTRY_SYNC,
+    REGISTRY_CANDIDATE,
+    REGISTRY_RETIRE,
+    REGISTRY_SERVABLE,
+)
 # Monitoring (monitor_worker, its beat) and retraining (a training worker, torch and MLflow).
 MONITOR_QUEUE: Final = "monitor"
 MONITOR_RUN: Final = "monitor.run"

@@ -13,9 +13,11 @@ from typing import Any
 
 from celery import Celery, Task, signals
 
+from digitflow import tracing
 from digitflow.jobs import JobStore
 from digitflow.messages import Batch
 from digitflow.settings import WorkerSettings
+from digitflow.tasks import TASK_OF_STAGE
 
 
 def prepare_process(service: str, var_dir: Path) -> None:
@@ -44,6 +46,7 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
 
     app = make_celery(service, settings)
     state: dict[str, Any] = {}
+    tracing.configure(service)
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
@@ -69,6 +72,27 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
         beat = state.pop("heartbeat", None)
         if beat is not None:
             beat.stop()
+        tracing.flush()  # the solo pool records spans in this process
+
+    @signals.worker_process_shutdown.connect(weak=False)
+    def _flush_spans(**_: Any) -> None:
+        # A pool child leaves with os._exit (no atexit): export its spans before it goes.
+        tracing.flush()
+
+    task_name = TASK_OF_STAGE.get(stage)
+
+    @signals.task_failure.connect(weak=False)
+    @signals.task_internal_error.connect(weak=False)
+    def _task_error(sender: Any = None, args: Any = None, exception: BaseException | None = None, **_: Any) -> None:
+        # A stage task that ended in an exception (hard time limit: sent in the main process,
+        # Redis refused the next message: in the pool child) would leave its jobs unfinished.
+        if task_name is None or getattr(sender, "name", None) != task_name or not args or exception is None:
+            return
+        from digitflow.stage import fail_batch_after_task_error
+
+        if "store" not in state:
+            state["store"] = ProcessResources(settings).store
+        fail_batch_after_task_error(stage, state["store"], args[0], exception)
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _child_gone(pid: int | None = None, **_: Any) -> None:

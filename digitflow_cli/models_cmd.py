@@ -4,6 +4,10 @@ digitflow models list | show NAME            what the registry holds (Redis view
 digitflow models promote NAME VERSION        move production; waits until every inference
                                              process serves it, or reports why it could not
 digitflow models rollback NAME               back to the previous production version
+digitflow models canary NAME                 the candidate in release: state, live numbers, decision
+digitflow models candidate NAME VERSION [--mode canary|shadow] [--share 0.1]   start a release
+digitflow models abort NAME [--reason TEXT]  retire the candidate (promote: models promote NAME V)
+digitflow models servable NAME VERSION [--off]   allow (or forbid) pinning NAME@VERSION
 digitflow models bootstrap | sync            register the shipped models / rewrite the view
 digitflow train NAME [--epochs N] [--promote-if-better]
 
@@ -38,7 +42,7 @@ def _settings() -> CoreSettings:
     return CoreSettings.from_env()
 
 
-def _view(settings: CoreSettings) -> dict[str, dict[str, Any]]:
+def view_of(settings: CoreSettings) -> dict[str, dict[str, Any]]:
     try:
         view = read_view(connect(settings.redis_url, socket_timeout=2.0))
     except redis.RedisError:
@@ -55,7 +59,7 @@ def _view(settings: CoreSettings) -> dict[str, dict[str, Any]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    view = _view(_settings())
+    view = view_of(_settings())
     if args.json:
         print(json.dumps([public_entry(e) for e in view.values()], indent=2))
         return 0
@@ -71,7 +75,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    entry = _view(_settings()).get(args.name)
+    entry = view_of(_settings()).get(args.name)
     if entry is None:
         print(f"digitflow: no model named {args.name!r}", file=sys.stderr)
         return 2
@@ -79,7 +83,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(what: str, action: Callable[[], dict[str, Any]]) -> int:
+def report_action(what: str, action: Callable[[], dict[str, Any]]) -> int:
     try:
         result = action()
     except DigitflowError as exc:
@@ -97,7 +101,7 @@ def _report(what: str, action: Callable[[], dict[str, Any]]) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings()
     payload = {"name": args.name, "version": str(args.version), "alias": args.alias}
-    return _report(
+    return report_action(
         f"promote {args.name} {args.version}",
         lambda: registry_action(
             settings, REGISTRY_PROMOTE, payload, lambda d: d.promote(args.name, str(args.version), args.alias)
@@ -107,7 +111,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     settings = _settings()
-    return _report(
+    return report_action(
         f"rollback {args.name}",
         lambda: registry_action(settings, REGISTRY_ROLLBACK, {"name": args.name}, lambda d: d.rollback(args.name)),
     )
@@ -134,7 +138,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return {"models": [e["name"] for e in d.sync()]}
 
     try:
-        return _report("sync", lambda: registry_action(settings, REGISTRY_SYNC, {}, direct))
+        return report_action("sync", lambda: registry_action(settings, REGISTRY_SYNC, {}, direct))
     except redis.RedisError as exc:
         print(f"the Redis view was not written (Redis unreachable: {exc})", file=sys.stderr)
         return 0
@@ -161,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         except redis.RedisError as exc:
             print(f"note: the Redis view was not refreshed ({exc})", file=sys.stderr)
 
-    return _report(
+    return report_action(
         f"train {args.name}",
         lambda: train_and_register(
             args.name, settings, cfg, args.promote_if_better, promote, progress=not args.quiet, registered=registered
@@ -217,6 +221,9 @@ def add_model_commands(sub: Any) -> None:
     rollback = msub.add_parser("rollback", help="production back to the previous version")
     rollback.add_argument("name")
     rollback.set_defaults(func=cmd_rollback)
+    from digitflow_cli.canary_cmd import add_canary_commands  # it imports this module
+
+    add_canary_commands(msub)
     msub.add_parser("bootstrap", help="register the shipped models (first start)").set_defaults(func=cmd_bootstrap)
     msub.add_parser("sync", help="rewrite the Redis view from the registry").set_defaults(func=cmd_sync)
     train = sub.add_parser("train", help="train a model, register it (and promote it if better)")

@@ -64,16 +64,17 @@ def report_table(report: dict[str, Any]) -> str:
     for r in report.get("retraining", []):
         out.append(
             f"retrain at {r.get('at')}: {r.get('trigger')} -> version {r.get('new_version')}, "
-            f"promoted={r.get('promoted')}: {r.get('reason')}"
+            f"promoted={r.get('promoted')}, candidate={r.get('candidate')}: {r.get('reason')}"
         )
     return "\n".join(out)
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
     body = json.dumps({"label": args.label}).encode()
-    status, answer = request(
-        f"{args.url}/v1/jobs/{args.job_id}/feedback", body, {"Content-Type": "application/json"}, timeout=30
-    )
+    headers = {"Content-Type": "application/json"}
+    if args.api_key:  # the key that submitted the job (feedback is scoped to it)
+        headers["X-API-Key"] = args.api_key
+    status, answer = request(f"{args.url}/v1/jobs/{args.job_id}/feedback", body, headers, timeout=30)
     print(json.dumps(answer, indent=2))
     return 0 if status < 400 else 2
 
@@ -100,13 +101,15 @@ def cmd_monitor_run(args: argparse.Namespace) -> int:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from digitflow_cli.registry_actions import registry_callbacks
+    from digitflow_cli.registry_actions import registry_callbacks, release_callback
     from training_worker.retrain import run_retrain
     from training_worker.settings import TrainingSettings
 
     settings = TrainingSettings.from_env()
-    promote, registered = registry_callbacks(settings)
-    outcome = run_retrain(args.name, "manual", settings, promote, registered, args.min_labels, args.epochs)
+    _, registered = registry_callbacks(settings)
+    outcome = run_retrain(
+        args.name, "manual", settings, release_callback(settings), registered, args.min_labels, args.epochs
+    )
     print(json.dumps(outcome, indent=2, default=str))
     return 0 if outcome and outcome.get("new_version") else 1
 
@@ -117,6 +120,7 @@ def add_monitor_commands(sub: Any) -> None:
     fb.add_argument("job_id")
     fb.add_argument("label", type=int)
     fb.add_argument("--url", default=DEFAULT_URL)
+    fb.add_argument("--api-key", default=os.environ.get("DIGITFLOW_API_KEY"))
     fb.set_defaults(func=cmd_feedback)
     mon = sub.add_parser("monitor", help="drift, outliers and accuracy per model version")
     msub = mon.add_subparsers(dest="monitor_command", required=True)

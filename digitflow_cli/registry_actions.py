@@ -10,7 +10,7 @@ import redis
 
 from digitflow.redis_client import connect
 from digitflow.settings import CoreSettings
-from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_SYNC
+from digitflow.tasks import REGISTRY_CANDIDATE, REGISTRY_PROMOTE, REGISTRY_SYNC
 
 
 def _deployer(settings: CoreSettings) -> Any:
@@ -32,6 +32,24 @@ def registry_callbacks(settings: CoreSettings) -> tuple[Callable[[str, str], dic
         registry_action(settings, REGISTRY_SYNC, {"names": [name]}, lambda d: {"models": d.sync([name])})
 
     return promote, registered
+
+
+def release_callback(settings: CoreSettings) -> Callable[[str, str, dict[str, Any]], dict[str, Any]]:
+    """What a retrain calls with a version that passed its gate: make it the candidate."""
+
+    def release(name: str, version: str, suites: dict[str, Any]) -> dict[str, Any]:
+        from registry_worker.canary import start_candidate
+
+        mode, share = settings.canary_mode, settings.canary_share
+        payload = {"name": name, "version": version, "mode": mode, "share": share, "suites": suites, "by": "retrain"}
+        return registry_action(
+            settings,
+            REGISTRY_CANDIDATE,
+            payload,
+            lambda d: start_candidate(d, name, version, mode, share, suites, "retrain"),
+        )
+
+    return release
 
 
 def registry_action(

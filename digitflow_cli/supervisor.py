@@ -134,7 +134,7 @@ def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
     specs = [
         ServiceSpec(
             "gateway",
-            [PY, "-m", "gunicorn", "-c", "python:gateway.gunicorn_conf", "gateway:create_app()"],
+            [PY, "-m", "gateway.serve"],
             {
                 **base,
                 "GATEWAY_BIND": f"127.0.0.1:{cfg.gateway_port}",

@@ -10,6 +10,7 @@ as :class:`digitflow.errors.ModelUnavailableError` naming the path and the cause
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,12 @@ class LoadedModel:
         if not hasattr(self, "_reference"):
             try:
                 self._reference: Reference | None = load_reference(self.model_dir)
-            except ValueError:
+            except ValueError as exc:  # e.g. not the file model.json's reference_sha256 names
+                logging.getLogger("digitnet").error(
+                    "reference refused, serving without the outlier detector: %s",
+                    exc,
+                    extra={"event": "reference_refused"},
+                )
                 self._reference = None
         return self._reference
 

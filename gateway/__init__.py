@@ -1,6 +1,6 @@
 """The REST gateway: accepts images, starts pipeline chains by task name, answers polls.
 
-Run with ``gunicorn -c python:gateway.gunicorn_conf 'gateway:create_app()'``.
+Run with ``python -m gateway.serve`` (waitress; any WSGI server runs ``gateway:create_app()``).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from digitflow.settings import GatewaySettings
 
 def create_app(settings: GatewaySettings | None = None) -> Flask:
     """Build the gateway; ``settings`` default to the environment (validated here)."""
-    # Imported here, not at the top: gunicorn imports this package to read its config
-    # (``python:gateway.gunicorn_conf``) in the master, before it empties the Prometheus
-    # multiprocess folder, and metrics created then would point at deleted files.
+    # Imported here, not at the top: ``python -m gateway.serve`` imports this package before
+    # it empties the Prometheus multiprocess folder, and metrics created then would point at
+    # deleted files.
     from digitflow.observability import setup_logging
 
     if settings is None:
@@ -25,6 +25,7 @@ def create_app(settings: GatewaySettings | None = None) -> Flask:
     from gateway.errors import register_error_handlers
     from gateway.requests_log import register_request_metrics
     from gateway.services import GatewayServices
+    from gateway.tracing import register_tracing
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
@@ -38,4 +39,5 @@ def create_app(settings: GatewaySettings | None = None) -> Flask:
     app.register_blueprint(web.bp)
     register_error_handlers(app)
     register_request_metrics(app)
+    register_tracing(app)  # spans only while OTEL_EXPORTER_OTLP_ENDPOINT is set
     return app

@@ -59,7 +59,7 @@ class Batcher:
     def submit(self, items: Sequence[Item]) -> None:
         with self._cond:
             if self._thread is None:
-                # Started lazily, in the process that serves requests (after gunicorn forks).
+                # Started lazily, in the process that serves requests (after gateway.serve forks its processes).
                 self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
                 self._thread.start()
             now = time.monotonic()

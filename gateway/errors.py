@@ -6,7 +6,7 @@ import logging
 
 import redis
 from flask import Flask, Response, jsonify
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from digitflow.errors import DigitflowError, ServiceUnavailableError
 from digitflow.observability import log_event
@@ -53,6 +53,8 @@ def register_error_handlers(app: Flask) -> None:
             message = f"the upload exceeds the limit of {app.config['MAX_CONTENT_LENGTH'] // (1024 * 1024)} MB"
         response = jsonify({"error": {"code": code, "message": message}})
         response.status_code = status
+        if isinstance(err, MethodNotAllowed) and err.valid_methods:
+            response.headers["Allow"] = ", ".join(sorted(err.valid_methods))  # RFC 9110 requires it
         return response
 
     @app.errorhandler(Exception)

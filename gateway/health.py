@@ -8,7 +8,8 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from digitflow.heartbeat import live_workers
 from digitflow.observability import render_metrics
-from digitflow.tasks import STAGES
+from digitflow.queues import all_queues, queue_work
+from digitflow.tasks import MONITOR_QUEUE, REGISTRY_QUEUE, STAGES, TRAINING_QUEUE
 from gateway.services import services
 
 bp = Blueprint("health", __name__)
@@ -44,13 +45,17 @@ def metrics() -> Response:
     workers = Gauge("digitflow_live_workers", "Workers with a fresh heartbeat", ["stage"], registry=live)
     in_flight = Gauge("digitflow_gateway_batches_in_flight", "This process's unfinished batches", registry=live)
     pending = Gauge("digitflow_gateway_jobs_pending", "Jobs waiting in this process's batcher", registry=live)
+    work = Gauge("digitflow_queue_work", "Messages waiting plus held unacked by workers", ["queue"], registry=live)
     in_flight.set(svc.batcher.in_flight)
     pending.set(svc.batcher.pending)
     try:
         for stats in svc.queue_stats(max_age_s=0.0):
             depth.labels(stats.queue).set(stats.depth)
             age.labels(stats.queue).set(stats.oldest_age_s)
-        for stage, names in live_workers(svc.redis, svc.settings.heartbeat_ttl_s).items():
+        for queue, count in queue_work(svc.redis, all_queues(svc.settings.dedicated_model_queues)).items():
+            work.labels(queue).set(count)
+        every_service = (*STAGES, REGISTRY_QUEUE, MONITOR_QUEUE, TRAINING_QUEUE)  # their heartbeat names
+        for stage, names in live_workers(svc.redis, svc.settings.heartbeat_ttl_s, every_service).items():
             workers.labels(stage).set(len(names))
         up.set(1)
     except redis.RedisError:

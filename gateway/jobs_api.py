@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import hmac
+import hashlib
 import threading
 import time
 from typing import Any, cast
 
 from flask import Blueprint, Response, jsonify, request
 
-from digitflow.errors import UnauthorizedError
-from digitflow.jobs import TERMINAL, NewJob, new_job_id
+from digitflow.jobs import TERMINAL, Idempotency, NewJob, new_job_id
 from digitflow.messages import Item
+from gateway.credentials import client_credential
 from gateway.services import GatewayServices, services
+from gateway.tracing import stamp_items
 from gateway.uploads import (
     ModelChoice,
+    Upload,
     idempotency_key_of,
     model_of,
     prefer_wait_of,
@@ -26,13 +28,13 @@ bp = Blueprint("jobs", __name__)
 RECHECK_S = 1.0  # waiters re-read the record this often even without a notification
 
 
-def _check_api_key(svc: GatewayServices) -> None:
-    keys = svc.settings.api_keys
-    if not keys:
-        return
-    given = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ")
-    if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-        raise UnauthorizedError("a valid API key is required (X-API-Key header)")
+def _fingerprint(model: ModelChoice, uploads: list[Upload]) -> str:
+    """What an idempotent replay must repeat: the model asked for and every image's bytes."""
+    digest = hashlib.sha256(f"{model.name}@{model.pin or ''}".encode())
+    for upload in uploads:
+        digest.update(len(upload.data).to_bytes(8, "big"))
+        digest.update(upload.data)
+    return digest.hexdigest()
 
 
 def wait_for(
@@ -85,18 +87,20 @@ def _accepted(job_id: str, status: str) -> dict[str, Any]:
 def submit() -> Response | tuple[Response, int, dict[str, str]]:
     """Accept one job per image; 202 (or 200 with the answer under ``Prefer: wait``)."""
     svc = services()
-    _check_api_key(svc)
+    owner = client_credential(svc)
     svc.check_overload()
     model = model_of(request, svc.settings, svc.model_views)
     uploads = uploads_of(request, svc.settings)
     key = idempotency_key_of(request)
     jobs = [NewJob(new_job_id(), model.name, upload.data) for upload in uploads]
-    keys = [f"{key}:{i}" if len(jobs) > 1 else key for i in range(len(jobs))] if key else None
-    ids = svc.store.create(jobs, keys)
-    fresh: list[Item] = [_item(job.job_id, model) for job, id_ in zip(jobs, ids, strict=True) if job.job_id == id_]
+    items = [_item(job.job_id, model) for job in jobs]
+    idempotency = Idempotency(key, _fingerprint(model, uploads)) if key else None
+    ids = svc.store.create(jobs, idempotency, owner, svc.backlog.entries(items))
+    fresh: list[Item] = items if ids[0] == jobs[0].job_id else []
     wait_s = prefer_wait_of(request, svc.settings.max_wait_s)
     events = [svc.listener.register(job_id) for job_id in ids] if wait_s > 0 else None
     if fresh:
+        stamp_items(fresh)  # each job carries its trace context (a no-op while tracing is off)
         svc.dispatch(fresh)
 
     if wait_s > 0 or len(fresh) < len(jobs):

@@ -18,6 +18,7 @@ from digitflow.model_view import read_entry
 from digitflow.monitor_store import read_report, retrain_history
 from digitflow.predlog import PredictionLog
 from digitflow.settings import MonitorSettings
+from gateway.credentials import labelling_credential
 from gateway.services import services
 
 bp = Blueprint("monitoring", __name__)
@@ -26,7 +27,7 @@ THRESHOLD_KEYS = ("p_value", "psi", "accuracy_drop", "outlier_rate")
 
 
 def prediction_log() -> PredictionLog:
-    """The process's prediction log, opened on first use (after gunicorn forks)."""
+    """The process's prediction log, opened on first use (after gateway.serve forks its processes)."""
     with _lock:
         log = current_app.extensions.get("digitflow_predlog")
         if log is None:
@@ -43,13 +44,19 @@ def _label_of(body: Any) -> int:
 
 @bp.post("/v1/jobs/<job_id>/feedback")
 def feedback(job_id: str) -> Response:
-    """Record the true label of a finished job. Idempotent (the same label again answers 200; a
+    """Record the true label of a finished job, sent with the credential that submitted it or
+    the admin token (401 unauthorized, 403 forbidden otherwise; a label set by one credential is
+    changed only by it or the admin). Idempotent (the same label again answers 200; a
     different one replaces it). 400 invalid_request (no integer label, or outside the model's
     classes), 404 job_not_found, 409 input_gone (no logged input: failed, unfinished or pruned)."""
     svc = services()
     if not is_valid_job_id(job_id):
         raise JobNotFoundError("no job with this id", job_id=job_id[:64])
     label = _label_of(request.get_json(silent=True))
+    # Labels steer retraining: only the submitting credential (or the admin) may set one.
+    credentials = svc.store.credentials(job_id)
+    owner, labeller = credentials if credentials is not None else (None, "")
+    credential = labelling_credential(svc, job_id, owner, labeller)
     log = prediction_log()
     row = log.get(job_id)
     if row is None:
@@ -61,6 +68,8 @@ def feedback(job_id: str) -> Response:
         raise InvalidRequestError(f"label must be in [0, {int(row.classes) - 1}] for model {row.model}", label=label)
     if row.pixels is None:
         raise InputGoneError("the job's input is no longer stored", job_id=job_id)
+    if credentials is not None:
+        svc.store.set_labeller(job_id, credential)
     log.set_feedback(job_id, label)
     return jsonify({"job_id": job_id, "label": label, "recorded": True})
 

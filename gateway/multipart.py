@@ -18,6 +18,10 @@ from digitflow.errors import InvalidRequestError
 _DISPOSITION = re.compile(rb"(?i)content-disposition:\s*form-data\s*;(.*)")
 _PARAM = re.compile(rb'(?i)\b(name|filename)\s*=\s*"([^"]*)"|\b(name|filename)\s*=\s*([^;\s]+)')
 MAX_FIELD_BYTES = 1024
+# Bounds checked before any part is parsed: a body of many tiny parts or of huge part headers
+# costs parsing time however small it is. Parts: the images (MAX_PARTS) plus a few text fields.
+MAX_PART_HEADER_BYTES = 4096
+EXTRA_PARTS = 4
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,12 @@ def boundary_of(content_type_params: dict[str, str]) -> bytes:
         raise InvalidRequestError("multipart boundary must be ASCII") from exc
 
 
-def parse_multipart(body: bytes, boundary: bytes) -> list[Part]:
-    """Parts of a multipart body; raises InvalidRequestError when it is malformed."""
+def parse_multipart(body: bytes, boundary: bytes, max_parts: int = 64) -> list[Part]:
+    """Parts of a multipart body; raises InvalidRequestError when it is malformed, has more
+    than ``max_parts`` + EXTRA_PARTS parts, or a part's headers pass MAX_PART_HEADER_BYTES."""
     delimiter = b"--" + boundary
+    if body.count(delimiter) > max_parts + EXTRA_PARTS + 1:  # counted at C speed, before splitting
+        raise InvalidRequestError(f"too many multipart parts (at most {max_parts + EXTRA_PARTS})")
     chunks = body.split(delimiter)
     # chunks[0] is the preamble; a well-formed body ends with the close delimiter "--".
     if len(chunks) < 2 or not chunks[-1].startswith(b"--"):
@@ -48,7 +55,9 @@ def parse_multipart(body: bytes, boundary: bytes) -> list[Part]:
     for chunk in chunks[1:-1]:
         if not chunk.startswith(b"\r\n"):
             raise InvalidRequestError("malformed multipart body: a boundary is not followed by a line break")
-        head_end = chunk.find(b"\r\n\r\n", 2)
+        head_end = chunk.find(b"\r\n\r\n", 2, MAX_PART_HEADER_BYTES + 6)
+        if head_end < 0 and len(chunk) > MAX_PART_HEADER_BYTES:
+            raise InvalidRequestError(f"multipart part headers exceed {MAX_PART_HEADER_BYTES} bytes")
         if head_end < 0:
             raise InvalidRequestError("malformed multipart body: a part has no header end")
         if not chunk.endswith(b"\r\n"):
@@ -85,12 +94,13 @@ def text_field(parts: list[Part], name: str) -> str | None:
     return None
 
 
-def request_parts(request: Request) -> list[Part]:
+def request_parts(request: Request, max_parts: int = 64) -> list[Part]:
     """The parts of a multipart request, parsed once per request ([] for other bodies)."""
     cached: list[Part] | None = getattr(request, "_digitflow_parts", None)
     if cached is None:
         cached = []
         if request.mimetype == "multipart/form-data":
-            cached = parse_multipart(request.get_data(cache=False), boundary_of(request.mimetype_params))
+            body = request.get_data(cache=False)
+            cached = parse_multipart(body, boundary_of(request.mimetype_params), max_parts)
         request._digitflow_parts = cached  # type: ignore[attr-defined]
     return cached

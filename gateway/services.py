@@ -5,6 +5,7 @@ The gateway starts chains by task name only; it never imports worker code or tor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ from typing import cast
 
 import redis
 from celery import Celery, chain
-from flask import current_app
+from flask import current_app, has_request_context, request
 
 from digitflow.celery_app import make_celery
 from digitflow.errors import DeadlineExceededError, DigitflowError, OverloadedError, ServiceUnavailableError
@@ -26,7 +27,9 @@ from digitflow.queues import QueueStats, queue_stats
 from digitflow.redis_client import claim, connect
 from digitflow.registry_client import RegistryClient
 from digitflow.settings import GatewaySettings
+from digitflow.store_memory import MemoryGauge
 from digitflow.tasks import INFERENCE, POSTPROCESS, PREPROCESS, QUEUE_OF_STAGE, inference_queue
+from gateway.backlog import Backlog
 from gateway.batcher import Batcher
 from gateway.completions import CompletionListener
 from gateway.model_lookup import ModelViewCache
@@ -46,6 +49,8 @@ class GatewayServices:
         self.settings = settings
         self.redis = connect(settings.redis_url, socket_timeout=2.0)
         self.store = JobStore(self.redis, settings.job_ttl_s)
+        self.backlog = Backlog(self.redis)
+        self.memory = MemoryGauge(self.redis)
         self.celery: Celery = make_celery("gateway", settings)
         # Fail fast when the broker is away rather than hold the request thread.
         self.celery.conf.task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
@@ -80,17 +85,25 @@ class GatewayServices:
                 sig(INFERENCE, queue=queue),
                 sig(POSTPROCESS, queue=QUEUE_OF_STAGE["postprocess"]),
             ).apply_async()
+        self._forget_sent(items)
+
+    def _forget_sent(self, items: list[Item]) -> None:
+        try:
+            self.backlog.sent([item["job_id"] for item in items])
+        except redis.RedisError as exc:  # sent already; a gateway adopting them later re-runs at worst
+            logger.warning("backlog not trimmed: %s", exc, extra={"event": "backlog_trim_failed"})
 
     def _fail_unsent(self, items: list[Item], exc: Exception) -> None:
         err: DigitflowError = ServiceUnavailableError(f"the job could not be queued: {type(exc).__name__}")
         self.store.fail_unsent([item["job_id"] for item in items], err)
+        self._forget_sent(items)
 
     def dispatch(self, items: list[Item]) -> None:
         self.ensure_started()
         self.batcher.submit(items)
 
     def ensure_started(self) -> None:
-        """Background threads start in the process that serves requests (after gunicorn forks)."""
+        """Background threads start in the process that serves requests (after gateway.serve forks its processes)."""
         self.listener.ensure_started()
         with self._sweeper_lock:
             if self._sweeper is None:
@@ -98,13 +111,15 @@ class GatewayServices:
                 self._sweeper.start()
 
     def _maintenance_loop(self) -> None:
-        """Once a second: size the batcher's in-flight cap to the preprocess fleet (when
-        BATCHES_IN_FLIGHT=0, auto) and, every SWEEP_INTERVAL_S, fail jobs past JOB_DEADLINE_S so
-        none stays queued forever (one sweeper at a time across gateway processes: a Redis lock)."""
+        """Once a second: beat and adopt dead gateways' backlogs, size the batcher's in-flight
+        cap to the preprocess fleet (when BATCHES_IN_FLIGHT=0, auto) and, every SWEEP_INTERVAL_S,
+        fail jobs past JOB_DEADLINE_S so none stays queued forever (one sweeper at a time
+        across gateway processes: a Redis lock)."""
         interval = self.settings.sweep_interval_s
         next_sweep = time.monotonic() + interval
         while not self._stop.wait(1.0):
             try:
+                self._adopt_backlogs()
                 if self.settings.batches_in_flight == 0:
                     processes = live_processes(self.redis, self.settings.heartbeat_ttl_s, "preprocess")
                     self.batcher.set_max_in_flight(max(2, processes + 1))
@@ -113,6 +128,14 @@ class GatewayServices:
                     self._sweep(interval)
             except redis.RedisError as exc:
                 logger.warning("maintenance skipped: %s", exc, extra={"event": "maintenance_skipped"})
+
+    def _adopt_backlogs(self) -> None:
+        """Beat, and dispatch the accepted jobs of gateways that stopped beating (backlog.py)."""
+        self.backlog.beat()
+        adopted = self.backlog.adopt()
+        if adopted:
+            log_event(logger, "backlog_adopted", logging.WARNING, count=len(adopted))
+            self.batcher.submit(adopted)
 
     def _sweep(self, interval: float) -> None:
         if not claim(self.redis, SWEEP_LOCK, interval * 0.9):
@@ -128,6 +151,8 @@ class GatewayServices:
         """Stop this process's background threads (tests build many apps in one process)."""
         self._stop.set()
         self.batcher.close()
+        with contextlib.suppress(redis.RedisError):
+            self.backlog.leave()
         self.listener.stop()
 
     def check_overload(self) -> None:
@@ -135,6 +160,9 @@ class GatewayServices:
         limits = self.settings
         stats = self.queue_stats()
         waiting = self.batcher.pending + sum(s.depth for s in stats)
+        incoming = (request.content_length or 0) if has_request_context() else 0  # about what it parks
+        if not self.memory.admits(incoming, limits.redis_memory_high_water):  # new jobs are what fills it
+            raise OverloadedError("the job store is nearly full; retry shortly", retry_after=2, reason="redis_memory")
         oldest = max([self.batcher.oldest_wait_s, *(s.oldest_age_s for s in stats)])
         if waiting > limits.max_queue_depth or oldest > limits.max_queue_age_s:
             retry = max(1, min(30, round(oldest))) if oldest > 1 else 1

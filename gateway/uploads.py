@@ -19,8 +19,8 @@ from digitflow.errors import (
     ModelNotFoundError,
     UnsupportedFormatError,
 )
-from digitflow.images import ImageInfo, inspect_image
-from digitflow.model_spec import ModelSpec, resolve
+from digitflow.images import ImageInfo, UploadBudget, inspect_image
+from digitflow.model_spec import ModelSpec, resolve, servable_versions
 from digitflow.settings import GatewaySettings
 from gateway.model_lookup import ModelViewCache
 from gateway.multipart import request_parts, text_field
@@ -50,11 +50,15 @@ def model_of(request: Request, settings: GatewaySettings, views: ModelViewCache)
     (``df:models``, cached per process), or against MODELS while the view is empty. Raises
     InvalidRequestError for a malformed name and ModelNotFoundError (404) for an unknown model
     or version."""
-    text = text_field(request_parts(request), "model") or request.args.get("model") or settings.default_model
+    text = (
+        text_field(request_parts(request, settings.max_parts), "model")
+        or request.args.get("model")
+        or settings.default_model
+    )
     spec = ModelSpec.parse(text)
     view = views.get()
-    if spec.name not in view or (spec.pin is not None and spec.pin not in view[spec.name].get("versions", {})):
-        view = views.get(refresh=True)  # registered a moment ago?
+    if spec.name not in view or (spec.pin is not None and spec.pin not in servable_versions(view[spec.name])):
+        view = views.get(refresh=True)  # registered (or marked servable) a moment ago?
     if not view:
         if spec.name not in settings.models:
             raise ModelNotFoundError(f"no model named {spec.name!r}", model=spec.name, available=list(settings.models))
@@ -73,7 +77,7 @@ def uploads_of(request: Request, settings: GatewaySettings) -> list[Upload]:
     """The images of a request: multipart ``image`` parts, or a raw ``image/*`` body."""
     content_type = request.mimetype or ""
     if content_type == "multipart/form-data":
-        blobs = [part.data for part in request_parts(request) if part.name == "image"]
+        blobs = [part.data for part in request_parts(request, settings.max_parts) if part.name == "image"]
         if not blobs:
             raise InvalidRequestError("multipart upload has no 'image' field")
         if len(blobs) > settings.max_parts:
@@ -88,11 +92,13 @@ def uploads_of(request: Request, settings: GatewaySettings) -> list[Upload]:
             content_type=content_type[:100],
         )
     uploads = []
+    budget = UploadBudget(settings.max_parts, settings.max_upload_bytes, settings.max_request_pixels)
     for index, blob in enumerate(blobs):
         if not blob:
             raise EmptyImageError("the image is empty", part=index)
         try:
             info = inspect_image(blob, settings.max_image_pixels)
+            budget.charge(len(blob), info)  # the request's total images, bytes, pixels, metadata
         except DigitflowError as exc:
             exc.details.setdefault("part", index)
             raise

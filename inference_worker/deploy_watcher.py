@@ -5,8 +5,11 @@ comes in two phases: ``prepare`` loads the new version next to the one serving (
 using the old one meanwhile), ``commit`` swaps it in with one locked step (``abort`` drops it).
 Each phase is answered in ``df:deploy:<id>:<phase>``, so the registry knows that every process
 loaded the version before any of them switches, or which process could not load it and why
-(then nothing switches anywhere). Every DEPLOY_RECHECK_S the watcher also compares production
-versions with ``df:models:production``, which catches a message missed while Redis was away.
+(then nothing switches anywhere). Two more phases serve canary releases: ``warm`` loads a
+version into the cache (a candidate, a version marked servable) and answers, ``refresh`` re-reads
+a model's entry (candidate, servable set) without touching production. Every DEPLOY_RECHECK_S
+the watcher also compares production versions with ``df:models:production`` and re-reads the
+entries, which catches a message missed while Redis was away.
 It beats in ``df:workers:model-servers`` so that a promotion knows which processes to wait for.
 """
 
@@ -75,6 +78,21 @@ class HotSwapper:
         self._staged.pop((name, version), None)
         return {"ok": True}
 
+    def warm(self, name: str, version: str) -> dict[str, Any]:
+        """Load ``version`` into the cache, where it serves pins and canary jobs (not production)."""
+        started = time.perf_counter()
+        try:
+            entry = read_entry(self.cache.redis, name) or {"name": name}
+            self.cache.warm(self.cache.target(entry, version))
+        except DigitflowError as exc:
+            log_event(logger, "model_warm_failed", logging.ERROR, model=name, version=version, error_code=exc.code)
+            return {"ok": False, "code": exc.code, "error": exc.message}
+        return {"ok": True, "load_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    def refresh(self, name: str, version: str) -> dict[str, Any]:
+        self.cache.refresh_entry(name)
+        return {"ok": True}
+
 
 class DeployWatcher:
     def __init__(self, cache: ModelCache, settings: InferenceSettings, name: str | None = None) -> None:
@@ -134,21 +152,28 @@ class DeployWatcher:
         phase = str(message.get("phase") or "commit")
         self.beat()
         try:
-            action = {"prepare": self.swapper.prepare, "commit": self.swapper.commit, "abort": self.swapper.abort}[
-                phase
-            ]
+            action = {
+                "prepare": self.swapper.prepare,
+                "commit": self.swapper.commit,
+                "abort": self.swapper.abort,
+                "warm": self.swapper.warm,
+                "refresh": self.swapper.refresh,
+            }[phase]
             ack = action(name, version)
         except Exception as exc:  # never let one deploy kill the watcher; report it instead
             logger.exception("deploy crashed", extra={"event": "deploy_crashed", "model": name})
             ack = {"ok": False, "code": "internal_error", "error": f"{type(exc).__name__}: {exc}"[:300]}
-        if deploy_id and phase != "abort":
+        if deploy_id and phase not in ("abort", "refresh"):
             write_ack(self.client, f"{deploy_id}:{phase}", self.name, {**ack, "at": time.time()})
         self.beat()
 
     def recheck(self) -> None:
-        """Switch every model whose production version differs from this process's (a missed commit)."""
+        """Switch every model whose production version differs from this process's (a missed
+        commit), and re-read the entries of the others (a missed candidate or servable change)."""
         for name, (version, deploy_id) in read_production(self.client).items():
-            if self.cache.knows(name) and self.cache.production(name) != version:
+            if self.cache.knows(name) and self.cache.production(name) == version:
+                self.cache.refresh_entry(name)
+            elif self.cache.knows(name):
                 logger.info(
                     "switching %s to %s on the periodic check", name, version, extra={"event": "deploy_caught_up"}
                 )

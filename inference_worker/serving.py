@@ -4,8 +4,11 @@ A job names ``model`` (served by its production version) and maybe ``pin`` (that
 production version comes from the registry's view in Redis (``df:models``), kept per process
 and switched by the deploy watcher (never by a job): the new version is loaded next to the old
 one (:meth:`ModelCache.load`), then one locked step (:meth:`ModelCache.switch`) makes it the one
-jobs resolve to and drops the old one. A job therefore never waits on a hot swap; only a version no process
-has loaded yet (cold) is loaded on the job's path. At most MAX_LOADED_MODELS versions stay in
+jobs resolve to and drops the old one. A job therefore never waits on a hot swap. Only production
+is ever loaded on a job's path (a process's first job); a pinned version (only servable ones may
+be pinned, ``digitflow.model_spec.resolve``) or a canary candidate that is cold is loaded by a
+background thread while the job gets ``model_loading`` (503, retryable) or, routed by a canary,
+production. At most MAX_LOADED_MODELS versions stay in
 memory; the least recently used goes first. Files come from the registry into the local model
 cache once (``inference_worker.artifacts``). Models the registry does not know (or no registry
 at all) are served from the shipped ``MODEL_DIR/<name>/<latest>/``.
@@ -20,17 +23,21 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import redis
 
-from digitflow.errors import DigitflowError, ModelNotFoundError, ModelUnavailableError, ModelVersionNotFoundError
-from digitflow.messages import Item
-from digitflow.model_spec import resolve
+from digitflow.errors import (
+    DigitflowError,
+    ModelLoadingError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    ModelVersionNotFoundError,
+    VersionNotServableError,
+)
+from digitflow.model_spec import PRODUCTION, canary_of, resolve
 from digitflow.model_view import read_entry
 from digitflow.observability import MODEL_EVICTIONS, MODEL_LOADED, MODEL_LOADS, log_event
 from digitflow.redis_client import connect
@@ -56,7 +63,7 @@ def latest_version_dir(model_root: Path, name: str) -> Path:
     base = model_root / name
     versions = sorted((int(p.name), p) for p in base.glob("*") if p.is_dir() and p.name.isdigit())
     if not versions:
-        raise ModelNotFoundError(f"no versions of model {name!r} under {base}", model=name)
+        raise ModelNotFoundError(f"no versions of model {name!r} are installed", model=name)  # no path: jobs show it
     return versions[-1][1]
 
 
@@ -69,6 +76,7 @@ class ModelCache:
         self._entries: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self._failures: dict[Key, tuple[float, DigitflowError]] = {}
         self._loading: dict[Key, threading.Lock] = {}
+        self._warming: set[Key] = set()
 
     @property
     def redis(self) -> redis.Redis:
@@ -88,9 +96,71 @@ class ModelCache:
         except ModelVersionNotFoundError:
             self._entry(name, refresh=True)  # a version registered a moment ago
             target = self._lookup(name, pin)
+        except VersionNotServableError:
+            self.refresh_entry(name)  # marked servable a moment ago?
+            target = self._lookup(name, pin)
         if isinstance(target, LoadedModel):
             return target
+        if pin is not None and not target.direct and pin != self.production(name):
+            failed = self._failures.get(target.key)
+            if failed is not None and time.monotonic() - failed[0] < RETRY_FAILED_LOAD_S:
+                raise failed[1]
+            self.warm_async(name, pin)
+            raise ModelLoadingError(
+                f"model {name!r} version {pin} is being loaded; retry in a moment", retry_after=2, model=name
+            )
         return self._load(target, keep=True)
+
+    def peek(self, name: str, version: str) -> LoadedModel | None:
+        """The loaded ``version`` of ``name``, or None (never loads)."""
+        with self._lock:
+            return self._loaded.get((name, version))
+
+    def release(self, name: str) -> dict[str, Any] | None:
+        """The model's candidate in release (canary_of its entry), as this process knows it."""
+        with self._lock:
+            entry = self._entries.get(name, (0.0, None))[1]
+        return None if entry is None else canary_of(entry)
+
+    def warm_async(self, name: str, version: str) -> None:
+        """Load ``version`` into the cache on a background thread (once at a time per version)."""
+        key = (name, version)
+        with self._lock:
+            if key in self._loaded or key in self._warming:
+                return
+            self._warming.add(key)
+            entry = self._entries.get(name, (0.0, None))[1] or {"name": name}
+        threading.Thread(target=self._warm, args=(entry, version), name="model-warm", daemon=True).start()
+
+    def _warm(self, entry: dict[str, Any], version: str) -> None:
+        try:
+            self.warm(self.target(entry, version))
+        except DigitflowError:
+            pass  # remembered in _failures and logged by _load
+        finally:
+            with self._lock:
+                self._warming.discard((str(entry["name"]), version))
+
+    def warm(self, target: Target) -> LoadedModel:
+        """Load a version into the cache (it serves pins and canary jobs, not production)."""
+        return self.peek(*target.key) or self._load(target, keep=True)
+
+    def refresh_entry(self, name: str) -> None:
+        """Re-read the model's entry (candidate, servable set) keeping this process's production,
+        which only a deploy switches."""
+        try:
+            entry = read_entry(self.redis, name)
+        except redis.RedisError:
+            return
+        with self._lock:
+            current = self._entries.get(name, (0.0, None))[1]
+            if entry is None or current is None:
+                return
+            production = current.get("aliases", {}).get(PRODUCTION)
+            aliases = {k: v for k, v in entry.get("aliases", {}).items() if k != PRODUCTION}
+            if production is not None:
+                aliases[PRODUCTION] = production
+            self._entries[name] = (time.monotonic(), {**entry, "aliases": aliases})
 
     def _lookup(self, name: str, pin: str | None) -> LoadedModel | Target:
         with self._lock:  # resolution and lookup in one step: a swap cannot slip in between
@@ -160,7 +230,15 @@ class ModelCache:
                 )
                 self._failures[target.key] = (time.monotonic(), err)
                 MODEL_LOADS.labels(name, "failed").inc()
-                log_event(logger, "model_load_failed", logging.ERROR, model=name, version=version, error_code=err.code)
+                log_event(
+                    logger,
+                    "model_load_failed",
+                    logging.ERROR,
+                    model=name,
+                    version=version,
+                    error_code=err.code,
+                    error=f"{err.message} ({type(exc).__name__}: {str(exc)[:300]})",  # the job shows only the code
+                )
                 raise err from exc
             self._failures.pop(target.key, None)
             if not target.direct:
@@ -245,40 +323,7 @@ class ModelCache:
         return old_version, serving
 
 
-def infer_items(items: Sequence[Item], cache: ModelCache) -> list[Item | DigitflowError]:
-    """One forward pass per model version in the batch; a model that fails fails its jobs only.
+# Re-exported: the inference task and tests call serving.infer_items.
+from inference_worker.routing import infer_items  # noqa: E402
 
-    Each output names the one version that computed it."""
-    out: list[Item | DigitflowError | None] = [None] * len(items)
-    groups: dict[tuple[str, str | None], list[int]] = {}
-    for i, item in enumerate(items):
-        groups.setdefault((item["model"], item.get("pin") or None), []).append(i)
-    for (name, pin), idx in groups.items():
-        try:
-            model = cache.get(name, pin)
-            logits, feats = model.predict_with_features([items[i]["pixels"] for i in idx])
-        except DigitflowError as exc:
-            for i in idx:
-                out[i] = exc
-            continue
-        ref = model.reference
-        scores = ref.scores(feats) if ref is not None else None
-        for row, i in enumerate(idx):
-            result: Item = {
-                "job_id": items[i]["job_id"],
-                "model": name,
-                "version": str(model.version),
-                "labels": model.labels,
-                "logits": [float(x) for x in logits[row]],
-                # For the prediction log: the input, its embedding (float16 bytes), its stats.
-                "pixels": items[i]["pixels"],
-                "embedding": feats[row].astype(np.float16).tobytes(),
-            }
-            if "ink" in items[i]:
-                result["ink"] = items[i]["ink"]
-            if ref is not None and scores is not None:
-                result["outlier_score"] = float(scores[row])
-                result["outlier_threshold"] = ref.threshold
-                result["temperature"] = ref.temperature
-            out[i] = result
-    return [o for o in out if o is not None]
+__all__ = ["Key", "ModelCache", "Target", "infer_items", "latest_version_dir"]

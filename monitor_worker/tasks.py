@@ -1,6 +1,8 @@
 """``monitor.run``: the report of every model (digitflow.monitoring), stored in Redis for the
 gateway and the CLI, exported as Prometheus gauges, and a retrain started when a production
-version raises a drift or accuracy alert and enough new labelled data exists."""
+version raises a drift or accuracy alert and enough new labelled data exists. While a candidate
+is in release, the report carries its numbers and the canary decision (``monitor_worker.canary``),
+which this run carries out through the registry service: promote, or retire with the reason."""
 
 from __future__ import annotations
 
@@ -14,14 +16,17 @@ import redis
 from celery import Celery
 from prometheus_client import Gauge
 
-from digitflow.model_spec import production_of
+from digitflow.errors import DigitflowError
+from digitflow.model_spec import canary_of, production_of
 from digitflow.model_view import read_view
 from digitflow.monitor_store import pruned_until, retrain_state, set_pruned_until, take_retrain_lock, write_report
 from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
+from digitflow.registry_client import RegistryClient
 from digitflow.settings import MonitorSettings
-from digitflow.tasks import MONITOR_RUN, TRAINING_QUEUE, TRAINING_RETRAIN
+from digitflow.tasks import MONITOR_RUN, REGISTRY_PROMOTE, REGISTRY_RETIRE, TRAINING_QUEUE, TRAINING_RETRAIN
+from monitor_worker.canary import PROMOTE, RETIRE, canary_numbers
 from monitor_worker.references import References
 from monitor_worker.report import model_report
 
@@ -94,8 +99,8 @@ def maybe_retrain(
     """Send ``training.retrain`` when an alert asks for it, enough new labels exist, the cooldown
     passed and no retrain of the model is queued or running; returns whether it was sent."""
     trigger = retrain_trigger(report)
-    if trigger is None or not s.auto_retrain:
-        return False
+    if trigger is None or not s.auto_retrain or report.get("canary"):
+        return False  # a candidate in release is decided first
     model = report["model"]
     last_id, last_at = retrain_state(client, model)
     if time.time() - last_at < s.retrain_cooldown_s or log.count_labelled(model, last_id) < s.retrain_min_labels:
@@ -119,10 +124,31 @@ def run_monitor(
         entry = view.get(name)
         production = production_of(entry) if entry else None
         report = model_report(name, log, functools.partial(refs.get, name), production, s)
+        canary = canary_of(entry) if entry else None
+        report["canary"] = canary_numbers(entry, canary, log, client, s) if entry and canary else None
         write_report(client, report)
         export(report)
         reports.append(report)
     return reports
+
+
+def act_on_canary(registry: RegistryClient, report: dict[str, Any], timeout_s: float) -> str | None:
+    """Carry out the canary decision of a report (promote or retire through the registry
+    service); returns the action taken, None when there was nothing to do or it failed."""
+    canary = report.get("canary")
+    if not canary or canary["decision"] not in (PROMOTE, RETIRE):
+        return None
+    payload = {"name": report["model"], "reason": canary["reason"], "by": "monitor", "numbers": canary["numbers"]}
+    task = REGISTRY_PROMOTE if canary["decision"] == PROMOTE else REGISTRY_RETIRE
+    if task == REGISTRY_PROMOTE:
+        payload["candidate"] = True
+    try:
+        registry.call(task, payload, timeout_s=timeout_s)
+    except DigitflowError as exc:
+        log_event(logger, "canary_action_failed", logging.WARNING, model=report["model"], error_code=exc.code)
+        return None
+    log_event(logger, "canary_decided", model=report["model"], version=canary["version"], decision=canary["decision"])
+    return str(canary["decision"])
 
 
 def prune_log(s: MonitorSettings, client: redis.Redis, log: PredictionLog, now: float | None = None) -> dict[str, Any]:
@@ -158,10 +184,13 @@ def register_tasks(app: Celery, settings: MonitorSettings) -> None:
         started = time.perf_counter()
         client, log, refs = resources()
         reports = run_monitor(settings, client, log, refs, payload.get("models"))
+        registry = RegistryClient(app, settings.redis_url, settings.heartbeat_ttl_s)
+        timeout_s = settings.deploy_timeout_s * 2 + 30
+        releases = {r["model"]: act_on_canary(registry, r, timeout_s) for r in reports if r.get("canary")}
         retrains = [r["model"] for r in reports if maybe_retrain(app, client, log, settings, r)]
         prune_log(settings, client, log)
         seconds = round(time.perf_counter() - started, 3)
         log_event(
             logger, "monitor_done", models=[r["model"] for r in reports], retrains=retrains, duration_ms=seconds * 1000
         )
-        return {"models": [r["model"] for r in reports], "retrains": retrains, "seconds": seconds}
+        return {"models": [r["model"] for r in reports], "retrains": retrains, "releases": releases, "seconds": seconds}

@@ -18,7 +18,7 @@ from digitflow.messages import Item
 from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
 from digitflow.settings import CoreSettings
-from postprocess_worker.steps import log_row
+from postprocess_worker.steps import log_row, shadow_row
 
 logger = logging.getLogger("postprocess_worker.predictions")
 LOG_ROWS = Counter("digitflow_prediction_log_rows", "Rows appended to the prediction log")
@@ -42,6 +42,9 @@ class PredictionWriter:
             return
         rows = [
             log_row(item, result, int(np.argmax(item["logits"]))) for item, result in zip(items, results, strict=True)
+        ]
+        rows += [
+            shadow_row(item, self.settings.outlier_policy) for item in items if isinstance(item.get("shadow"), dict)
         ]
         try:
             LOG_ROWS.inc(self.log.append(rows))

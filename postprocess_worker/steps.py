@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from digitflow.messages import Item
+from digitflow.predlog import SHADOW_SUFFIX
 
 # A first, simple outlier signal: a digit model that is unsure of every class is probably
 # looking at something that is not a digit. The score is 1 - max probability.
@@ -88,3 +89,13 @@ def log_row(item: Item, result: dict[str, Any], predicted: int) -> dict[str, Any
         "pixels": item.get("pixels"),
         "embedding": item.get("embedding"),
     }
+
+
+def shadow_row(item: Item, policy: str = "flag") -> dict[str, Any]:
+    """The prediction-log row of a shadow candidate's answer to the same job (job id +
+    SHADOW_SUFFIX, the candidate's version); the answer itself is never returned."""
+    shadow: Item = {**item, **item["shadow"]}  # type: ignore[typeddict-item]
+    result = apply_detector(summarize(shadow["logits"]), shadow, policy)
+    row = log_row(shadow, result, int(np.argmax(shadow["logits"])))
+    row["job_id"] = item["job_id"] + SHADOW_SUFFIX
+    return row

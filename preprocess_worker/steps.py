@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from digitflow.errors import InvalidImageError, NoInkError
 from digitflow.images import inspect_image, pillow_guard
+from preprocess_worker import strokes
 
 SIDE = 28
 BOX = 20
@@ -202,7 +203,9 @@ def _remove_background(arr: np.ndarray) -> np.ndarray:
     for _ in range(pool.bit_length() - 1):  # halve twice: elementwise means are fastest
         small = (small[0::2] + small[1::2]) * 0.5
         small = (small[:, 0::2] + small[:, 1::2]) * 0.5
-    background = ndimage.grey_opening(small, size=max(3, round(_WINDOW * max(arr.shape) / pool)))
+    # A wide soft stroke (a low-resolution scan blown up) can be as wide as the window: widen it.
+    window = strokes.stroke_window(small, max(3, round(_WINDOW * max(arr.shape) / pool)))
+    background = ndimage.grey_opening(small, size=window)
     if pool > 1:
         background = np.asarray(Image.fromarray(background).resize((width, height), Image.Resampling.BILINEAR))
     return np.clip(arr - background, 0.0, None)
@@ -228,9 +231,11 @@ def _levels(clean: np.ndarray) -> tuple[float, float]:
     """Return (noise level, ink threshold): Otsu, floored above the noise and a minimum contrast."""
     levels = np.clip(clean, 0, 255).astype(np.uint8)
     hist = np.bincount(levels.ravel(), minlength=256).astype(np.float64)
+    otsu = _otsu(hist)
     median = float(np.searchsorted(np.cumsum(hist), hist.sum() / 2))
     sigma = 1.4826 * float(_quantiles(np.abs(levels.astype(np.int16) - int(median)), (0.5,))[0])
-    threshold = max(_otsu(hist), median + max(5 * sigma, _MIN_CONTRAST))
+    median, sigma = strokes.background_class(levels, hist, otsu, median, sigma)
+    threshold = max(otsu, median + max(5 * sigma, _MIN_CONTRAST))
     return min(median + 2 * sigma, threshold / 2), threshold
 
 
@@ -320,8 +325,15 @@ def _shape(crop: np.ndarray) -> np.ndarray:
     fine = _resize_long(crop, BOX * _FINE, Image.Resampling.BILINEAR)
     core = fine > 0.5
     if core.any():
-        width = 4.0 * float(ndimage.distance_transform_edt(core)[core].mean()) - 2.0
-        grow = min(round((_STROKE * _FINE - width) / 2), 2 * _FINE) if width < _THIN * _FINE else 0
+        grow = _growth(core)
+        if grow > 0:
+            # Outlined ("hollow") strokes: a thin line drawn around each stroke encloses long, narrow
+            # holes, where a digit's own loops are round. Fill those first: the digit is the
+            # outline's inside (thickening would turn the outlines into one blob).
+            filled = strokes.fill_tubes(core)
+            if filled is not None:
+                fine = np.maximum(fine, filled.astype(np.float32))
+                grow = _growth(fine > 0.5)
         if grow > 0:
             # A thin pen photographed large would shrink below a pixel: draw it with MNIST's pen.
             yy, xx = np.mgrid[-grow : grow + 1, -grow : grow + 1]
@@ -329,6 +341,12 @@ def _shape(crop: np.ndarray) -> np.ndarray:
             ys, xs = np.nonzero(fine)
             fine = fine[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     return _resize_long(fine, BOX, Image.Resampling.BOX)
+
+
+def _growth(core: np.ndarray) -> int:
+    """How many fine pixels to grow a stroke of mask ``core`` by (0 for strokes wide enough)."""
+    width = 4.0 * float(ndimage.distance_transform_edt(core)[core].mean()) - 2.0
+    return min(round((_STROKE * _FINE - width) / 2), 2 * _FINE) if width < _THIN * _FINE else 0
 
 
 def _resize_long(arr: np.ndarray, long_side: int, resample: Image.Resampling) -> np.ndarray:

@@ -13,7 +13,11 @@ A promotion (``production``) goes:
 4. ``commit``: the alias moves in MLflow, the production history grows, the Redis view is
    rewritten, and every process swaps to the loaded version in one locked step and answers.
 A process that stops beating while we wait is no longer waited for.
-Other aliases (``candidate``) only move: nothing serves them yet.
+A candidate (``registry_worker.canary``) is warmed the same way (``warm``: every process loads
+it into its cache, or nothing changes) before the view names it; ``refresh`` then tells every
+process to re-read the model's entry (canary, servable set) without touching production.
+Promoting the candidate to production ends its release as ``promoted``; any other production
+change ends it as ``superseded``.
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ from digitflow.deploy_protocol import SERVERS, publish_deploy, read_acks
 from digitflow.errors import DeployFailedError, DeployTimeoutError, InvalidRequestError, NoPreviousVersionError
 from digitflow.heartbeat import live_workers
 from digitflow.keys import REGISTRY_LOCK_PREFIX
-from digitflow.model_spec import ALIASES, PRODUCTION
+from digitflow.model_spec import ALIASES, CANDIDATE, PRODUCTION
 from digitflow.model_store import RegistryStore
 from digitflow.model_view import read_entry, write_entries
 from digitflow.observability import log_event
+from registry_worker import releases
 
 logger = logging.getLogger("registry_worker.deploy")
 
@@ -48,12 +53,17 @@ class Deployer:
     ) -> None:
         self.store, self.redis = store, client
         self.timeout_s, self.heartbeat_ttl_s = timeout_s, heartbeat_ttl_s
+        # The release a running promotion ends (reason, by, numbers), applied when the alias
+        # moves, so the view never shows the new production beside a finished candidate.
+        self._ending: dict[str, tuple[str, str, dict[str, Any] | None]] = {}
+        self._ended: dict[str, dict[str, Any] | None] = {}
 
     def sync(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """Rewrite the Redis view from the registry (all models, or ``names``); keeps each
         model's last deploy record while its production version is unchanged."""
         entries = [self.store.entry(n) for n in names] if names is not None else self.store.entries()
         for entry in entries:
+            releases.decorate(self.store, entry)
             old = read_entry(self.redis, entry["name"]) or {}
             deploy = old.get("deploy")
             if deploy and deploy.get("version") == entry["aliases"].get(PRODUCTION):
@@ -64,28 +74,46 @@ class Deployer:
     def sync_one(self, name: str) -> dict[str, Any]:
         return self.sync([name])[0]
 
-    def promote(self, name: str, version: str, alias: str = PRODUCTION) -> dict[str, Any]:
-        """Make ``version`` the ``alias`` of ``name``; see the module doc for the steps and errors."""
+    def promote(
+        self,
+        name: str,
+        version: str,
+        alias: str = PRODUCTION,
+        reason: str = "",
+        by: str = "admin",
+        numbers: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Make ``version`` the ``alias`` of ``name``; see the module doc for the steps and errors.
+
+        ``candidate`` starts a canary release with the default mode and share
+        (``registry_worker.canary.start_candidate``)."""
         if alias not in ALIASES:
             raise InvalidRequestError(f"alias must be one of {', '.join(ALIASES)}", alias=alias)
         version = str(version)
-        with self._lock(name):
+        if alias == CANDIDATE:
+            from registry_worker.canary import start_candidate
+
+            return start_candidate(self, name, version, by=by)
+        with self.locked(name):
             self.store.check_version(name, version)
             self.store.verify(name, version)
             previous = self.store.alias(name, alias)
-            if alias != PRODUCTION:
-                self.store.set_alias(name, alias, version)
-                self.sync([name])
-                return {"name": name, "alias": alias, "version": version, "previous": previous}
             history = self.store.history(name)
             if previous == version:
                 self.sync([name])
                 return {"name": name, "version": version, "previous": previous, "unchanged": True}
-            return self._switch(name, version, previous, [*history, version], history)
+            self._ending[name] = (reason or f"promoted by {by}", by, numbers)
+            try:
+                outcome = self._switch(name, version, previous, [*history, version], history)
+            finally:
+                self._ending.pop(name, None)
+                release = self._ended.pop(name, None)
+            outcome["release"] = release
+            return outcome
 
     def rollback(self, name: str) -> dict[str, Any]:
         """Go back to the production version before the current one (NoPreviousVersionError if none)."""
-        with self._lock(name):
+        with self.locked(name):
             self.store.entry_exists(name)
             history = self.store.history(name)
             current = self.store.alias(name, PRODUCTION)
@@ -93,8 +121,50 @@ class Deployer:
                 raise NoPreviousVersionError(f"model {name!r} has no earlier production version", model=name)
             target = history[-2]
             self.store.verify(name, target)
-            outcome = self._switch(name, target, current, history[:-1], history)
+            try:
+                outcome = self._switch(name, target, current, history[:-1], history)
+            finally:
+                release = self._ended.pop(name, None)
+            outcome["release"] = release
             return {**outcome, "rolled_back_from": current}
+
+    def warm(self, name: str, version: str) -> dict[str, Any]:
+        """Every live inference process loads ``version`` into its cache (off any job's path)
+        and answers; DeployFailedError / DeployTimeoutError if one could not."""
+        servers = set(live_workers(self.redis, self.heartbeat_ttl_s, [SERVERS])[SERVERS])
+        deploy_id = uuid.uuid4().hex[:16]
+        self.sync([name])  # the view knows the version's files before anyone loads it
+        publish_deploy(self.redis, name, version, deploy_id, "warm")
+        acks, failed, pending = self._wait(f"{deploy_id}:warm", servers)
+        if failed or pending:
+            errors = {s: acks[s].get("error") for s in failed} or {s: "no answer" for s in sorted(pending)}
+            cls = DeployFailedError if failed else DeployTimeoutError
+            raise cls(
+                f"{len(errors)} of {len(servers)} inference processes could not load {name} version {version}",
+                model=name,
+                version=version,
+                errors=errors,
+                deploy_id=deploy_id,
+            )
+        return {"servers": sorted(servers), "load_ms": {s: a.get("load_ms") for s, a in acks.items()}}
+
+    def refresh(self, name: str) -> None:
+        """Rewrite the model's view entry and tell every process to re-read it (canary, servable)."""
+        entry = self.sync([name])[0]
+        publish_deploy(self.redis, name, str(entry["aliases"].get(PRODUCTION) or ""), "", "refresh")
+
+    def _end_release(self, name: str, version: str) -> None:
+        """A production change ends a running canary: ``promoted`` if it is the candidate."""
+        reason, by, numbers = self._ending.pop(name, ("rolled back", "admin", None))
+        canary = releases.current_canary(self.store, name)
+        if canary is None:
+            self._ended[name] = None
+            return
+        promoted = str(canary.get("version")) == version
+        outcome, why = ("promoted", reason) if promoted else ("superseded", f"{reason}: production is now {version}")
+        record = releases.end_canary(self.store, name, outcome, why, by=by, numbers=numbers)
+        log_event(logger, "release_ended", model=name, version=record["version"], outcome=record["outcome"])
+        self._ended[name] = record
 
     # -- internals -------------------------------------------------------------------------
     def _switch(
@@ -164,7 +234,9 @@ class Deployer:
         """Point production at ``version`` in MLflow and the view, then publish the commit."""
         self.store.set_alias(name, PRODUCTION, version)
         self.store.set_history(name, history)
-        entry = self.store.entry(name)
+        if version is not None and name not in self._ended:
+            self._end_release(name, version)  # once per switch: a revert keeps the record
+        entry = releases.decorate(self.store, self.store.entry(name))
         entry["deploy"] = {"id": deploy_id, "version": version, "at": time.time()}
         write_entries(self.redis, [entry])
         if version is not None:
@@ -182,7 +254,7 @@ class Deployer:
             time.sleep(0.05)
 
     @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
+    def locked(self, name: str) -> Iterator[None]:
         """One promotion per model at a time, across registry services and CLIs: redis-py's
         Lock (token-checked release in Lua, so an expired holder never frees another's lock)."""
         ttl_s = int(self.timeout_s * 3 + 60)

@@ -1,4 +1,5 @@
-"""Tasks of the registry service: ``registry.promote``, ``registry.rollback``, ``registry.sync``.
+"""Tasks of the registry service: ``registry.promote``, ``registry.rollback``, ``registry.sync``,
+and for canary releases ``registry.candidate``, ``registry.retire``, ``registry.servable``.
 
 Each request carries a ``request_id``; the outcome goes to ``df:registry:reply:<request_id>``
 (the caller waits on it). Requests are acknowledged on receipt and deduplicated by id, so a
@@ -28,7 +29,15 @@ from digitflow.observability import log_event
 from digitflow.redis_client import claim, connect
 from digitflow.registry_client import send_reply
 from digitflow.settings import RegistrySettings
-from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC
+from digitflow.tasks import (
+    REGISTRY_CANDIDATE,
+    REGISTRY_PROMOTE,
+    REGISTRY_RETIRE,
+    REGISTRY_ROLLBACK,
+    REGISTRY_SERVABLE,
+    REGISTRY_SYNC,
+)
+from registry_worker import canary
 from registry_worker.deploy import Deployer
 
 logger = logging.getLogger("registry_worker")
@@ -125,9 +134,42 @@ def register_tasks(app: Celery, settings: RegistrySettings) -> None:
 
     @app.task(name=REGISTRY_PROMOTE, acks_late=False)
     def promote(request: dict[str, Any]) -> None:
+        """``{name, version, alias}``, or ``{name, candidate: true}`` for the running candidate."""
         name, version = str(request.get("name")), str(request.get("version"))
         alias = str(request.get("alias") or "production")
-        service.handle(request, lambda d: d.promote(name, version, alias))
+        by, reason = str(request.get("by") or "admin"), str(request.get("reason") or "")
+        numbers = request.get("numbers") if isinstance(request.get("numbers"), dict) else None
+        if request.get("candidate"):
+            reason = reason or f"promoted by {by}"
+            service.handle(request, lambda d: canary.promote_candidate(d, name, reason, by, numbers))
+        else:
+            service.handle(request, lambda d: d.promote(name, version, alias, reason, by, numbers))
+
+    @app.task(name=REGISTRY_CANDIDATE, acks_late=False)
+    def candidate(request: dict[str, Any]) -> None:
+        """``{name, version, mode, share, suites?, by?}``: start a canary (or shadow) release."""
+        name, version = str(request.get("name")), str(request.get("version"))
+        mode = str(request.get("mode") or settings.canary_mode)
+        suites = request.get("suites") if isinstance(request.get("suites"), dict) else None
+
+        def run(d: Deployer) -> dict[str, Any]:
+            share = float(request.get("share") or settings.canary_share)
+            return canary.start_candidate(d, name, version, mode, share, suites, str(request.get("by") or "admin"))
+
+        service.handle(request, run)
+
+    @app.task(name=REGISTRY_RETIRE, acks_late=False)
+    def retire(request: dict[str, Any]) -> None:
+        """``{name, reason, by?, numbers?}``: end the candidate's release without promoting it."""
+        name, reason = str(request.get("name")), str(request.get("reason") or "aborted by an admin")
+        numbers = request.get("numbers") if isinstance(request.get("numbers"), dict) else None
+        service.handle(request, lambda d: canary.retire(d, name, reason, str(request.get("by") or "admin"), numbers))
+
+    @app.task(name=REGISTRY_SERVABLE, acks_late=False)
+    def servable(request: dict[str, Any]) -> None:
+        """``{name, version, servable}``: allow (and warm) or forbid pinning that version."""
+        name, version = str(request.get("name")), str(request.get("version"))
+        service.handle(request, lambda d: canary.set_servable(d, name, version, bool(request.get("servable", True))))
 
     @app.task(name=REGISTRY_ROLLBACK, acks_late=False)
     def rollback(request: dict[str, Any]) -> None:

@@ -1,12 +1,15 @@
 """``digitflow retrain NAME`` and the ``training.retrain`` task: close the loop with user feedback.
 
 The candidate starts from production's weights and is fine-tuned on the model's base training
-data plus the labelled, non-outlier inputs of the prediction log (all but the most recent
+data plus the labelled inputs of the prediction log, flagged outliers too (all but the most recent
 RETRAIN_HOLDBACK share of them, which is held back for evaluation; the feedback rows are
 repeated so that they make up about half of each epoch). It is registered in MLflow with its
 lineage (which feedback rows, how many), with its own outlier detector and reference, and
-promoted only when the gate passes: strictly better than production on the held-back recent
-feedback, and at most RETRAIN_MARGIN worse on the fixed held-out split.
+released only when the gate passes: strictly better than production on the held-back recent
+feedback, at most RETRAIN_MARGIN worse on the fixed held-out split, and at most RETRAIN_MARGIN
+worse on every fixed evaluation suite (``training_worker.suites``). Released means made the
+``candidate`` (canary with CANARY_SHARE, or shadow, per CANARY_MODE) with the suite results,
+never production: the monitor's canary decision promotes it (docs/models.md, "Canary releases").
 """
 
 from __future__ import annotations
@@ -41,10 +44,12 @@ from digitnet.net import DigitNet
 from training_worker.calibrate import build_reference
 from training_worker.datasets import load_dataset
 from training_worker.settings import TrainingSettings
+from training_worker.suites import evaluate_suites, suite_gate, suites
 from training_worker.trainer import TrainConfig, evaluate, fit, model_metadata, to_tensor, write_model_dir
 
 log = logging.getLogger("training_worker.retrain")
-Promote = Callable[[str, str], dict[str, Any]]
+# release(name, version, suites record) asks the registry to make the version the candidate.
+Release = Callable[[str, str, dict[str, Any]], dict[str, Any]]
 # Half of each epoch is feedback: replaying the drift demo's shift offline (1,000 fresh shifted
 # digits), a third recovered 97.7-98.2% of them and a half 98.5%, for 0.1 point of held-out accuracy.
 FEEDBACK_SHARE = 0.5
@@ -69,12 +74,13 @@ def retrain(
     name: str,
     settings: TrainingSettings,
     trigger: str = "manual",
-    promote: Promote | None = None,
+    release: Release | None = None,
     registered: Callable[[str], object] | None = None,
     min_labels: int | None = None,
     epochs: int | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, register and maybe promote a new version of ``name``; returns the outcome.
+    """Train, evaluate, register and maybe release (as candidate) a new version of ``name``;
+    returns the outcome.
 
     Raises ValueError when fewer than ``min_labels`` (default RETRAIN_MIN_LABELS) labelled inputs exist.
     """
@@ -83,7 +89,7 @@ def retrain(
     rows = PredictionLog(settings.prediction_db_url).labelled(name)
     needed = settings.retrain_min_labels if min_labels is None else min_labels
     if len(rows) < max(needed, 2):
-        raise ValueError(f"{len(rows)} labelled non-outlier inputs of {name!r}; retraining needs {needed}")
+        raise ValueError(f"{len(rows)} labelled inputs of {name!r}; retraining needs {needed}")
     x = np.stack([np.frombuffer(r.pixels, dtype=np.uint8).reshape(28, 28) for r in rows])
     y = np.array([r.true_label for r in rows], dtype=np.int64)
     cut = len(rows) - max(1, round(len(rows) * settings.retrain_holdback))
@@ -103,6 +109,12 @@ def retrain(
         new = {"heldout": accuracy(net, ds.x_held, ds.y_held), "recent": accuracy(net, x_recent, y_recent)}
         prod = {"heldout": accuracy(prod_net, ds.x_held, ds.y_held), "recent": accuracy(prod_net, x_recent, y_recent)}
         ok, reason = gate(new, prod, settings.retrain_margin)
+        fixed = suites(name, settings.data_dir)
+        suite_record = suite_gate(
+            evaluate_suites(net, fixed), evaluate_suites(prod_net, fixed), settings.retrain_margin
+        )
+        if ok and not suite_record["passed"]:
+            ok, reason = False, f"evaluation suites: {suite_record['reason']}"
         lineage = {
             "trigger": trigger,
             "base_version": production,
@@ -121,8 +133,16 @@ def retrain(
         model_dir = Path(tmp) / "model"
         next_version = store.next_version(name)
         write_model_dir(model_dir, net, model_metadata(name, next_version, ds, metrics, confusion))
-        # The new version's reference covers what it was trained for: held-out plus recent traffic.
-        ref_ds = dataclasses.replace(ds, x_held=np.concatenate([ds.x_held, x]), y_held=np.concatenate([ds.y_held, y]))
+        # The new version's reference covers what it was trained for: its detector is fitted on the
+        # feedback inputs too (flagged ones included), its threshold and statistics on held-out
+        # plus recent traffic.
+        ref_ds = dataclasses.replace(
+            ds,
+            x_train=np.concatenate([ds.x_train, x_fb]),
+            y_train=np.concatenate([ds.y_train, y_fb]),
+            x_held=np.concatenate([ds.x_held, x]),
+            y_held=np.concatenate([ds.y_held, y]),
+        )
         save_reference(model_dir, build_reference(net, ref_ds))
         version = store.register_dir(
             name, model_dir, run_id=run_id, description=f"digitflow retrain {name} ({trigger})"
@@ -137,7 +157,9 @@ def retrain(
         "new_version": version,
         "base_version": production,
         "promoted": False,
+        "candidate": False,
         "reason": reason,
+        "suites": suite_record,
         "feedback_rows": len(ids),
         "recent_rows": len(y_recent),
         "last_row_id": int(rows[-1].id),
@@ -147,10 +169,10 @@ def retrain(
     }
     log.info("retrain %s: version %s, %s", name, version, reason)
     if ok:
-        if promote is None:
-            raise ValueError("promotion needs a promote function")
-        outcome["deploy"] = promote(name, version)
-        outcome["promoted"] = True
+        if release is None:
+            raise ValueError("a release needs a release function")
+        outcome["release"] = release(name, version, suite_record)
+        outcome["candidate"] = True
     return outcome
 
 
@@ -158,15 +180,15 @@ def run_retrain(
     name: str,
     trigger: str,
     s: TrainingSettings,
-    promote: Promote,
+    release: Release,
     registered: Callable[[str], object],
     min_labels: int | None = None,
     epochs: int | None = None,
     token: str | None = None,
 ) -> dict[str, Any] | None:
-    """Retrain ``name``, promote with ``promote`` (the registry service's, from the training
-    worker; the CLI's falls back to deploying in-process), record the outcome in the model's
-    retraining history and release the retrain lock.
+    """Retrain ``name``, make it the candidate with ``release`` (the registry service's, from
+    the training worker; the CLI's falls back to the registry code in-process), record the
+    outcome in the model's retraining history and release the retrain lock.
 
     ``token``: the monitor's request id; a redelivered copy of a request already run (or
     running) returns None and changes nothing.
@@ -176,7 +198,7 @@ def run_retrain(
         log_event(log, "retrain_duplicate_ignored", logging.WARNING, model=name, token=token)
         return None
     try:
-        outcome = retrain(name, s, trigger, promote, registered, min_labels, epochs)
+        outcome = retrain(name, s, trigger, release, registered, min_labels, epochs)
         set_retrain_state(client, name, int(outcome["last_row_id"]))
     except Exception as exc:  # recorded, so the history says why nothing changed
         outcome = {
@@ -185,6 +207,7 @@ def run_retrain(
             "model": name,
             "new_version": None,
             "promoted": False,
+            "candidate": False,
             "reason": f"failed: {type(exc).__name__}: {exc}"[:400],
         }
         set_retrain_state(client, name, retrain_state(client, name)[0])  # the cooldown starts anyway
@@ -192,5 +215,5 @@ def run_retrain(
         if token is not None:  # a manual run (no token) leaves the monitor's lock alone
             release_retrain_lock(client, name, token)
     record_retrain(client, name, outcome)
-    log_event(log, "retrain_done", model=name, promoted=outcome["promoted"], reason=outcome["reason"])
+    log_event(log, "retrain_done", model=name, candidate=outcome["candidate"], reason=outcome["reason"])
     return outcome

@@ -1,5 +1,6 @@
-// digitflow models page: the registry's models, their versions and aliases; with the admin
-// token, promotion and rollback (POST /v1/models/<name>/promote | rollback, Bearer token).
+// digitflow models page: the registry's models, their versions and aliases, the candidate in
+// release with its live numbers (GET /v1/models/<name>/canary); with the admin token, promotion,
+// rollback, and promoting or aborting the candidate (POST .../promote | rollback | canary/*).
 "use strict";
 
 const TOKEN_KEY = "digitflow-admin-token";
@@ -59,7 +60,51 @@ function versionRow(name, record, aliases, production) {
   return row;
 }
 
-function modelCard(summary, detail) {
+const fmtNum = (v, pct = true) => (v === null || v === undefined ? "–" : pct ? formatPct(v) : String(v));
+const SIGNALS = [
+  ["jobs", "Jobs", false], ["labelled", "Labelled", false], ["accuracy", "Accuracy (feedback)", true],
+  ["estimated_accuracy", "Estimated accuracy", true], ["outlier_rate", "Outlier rate", true], ["failure_rate", "Failure rate", true],
+];
+
+function canaryPanel(name, canary) {
+  const share = canary.mode === "canary" ? ` · ${formatPct(canary.share)} of live jobs` : " · shadow: answers logged, not returned";
+  const panel = h("div", { className: "canary", "data-canary": String(canary.version), "data-decision": canary.decision ?? "pending" },
+    h("h3", {}, `Candidate v${canary.version}`, " ", h("span", { className: "badge candidate" }, canary.mode)),
+    h("p", { className: "meta" }, `since ${formatDateTime(canary.since)}${share} · started by ${canary.by ?? "–"}`));
+  const numbers = canary.numbers;
+  if (numbers) {
+    panel.append(h("p", { className: "canary-decision" },
+      h("strong", {}, canary.decision ?? "pending"), `: ${canary.reason ?? ""} (needs ${canary.min_jobs} jobs, margin ${canary.margin})`));
+    panel.append(h("div", { className: "table-wrap" }, h("table", { className: "data-table canary-numbers" },
+      h("caption", { className: "visually-hidden" }, `Candidate v${canary.version} against production v${canary.production}`),
+      h("thead", {}, h("tr", {}, ["Signal", `Candidate v${canary.version}`, `Production v${canary.production}`].map((t) => h("th", { scope: "col" }, t)))),
+      h("tbody", {}, SIGNALS.map(([key, label, pct]) => h("tr", { "data-signal": key },
+        h("th", { scope: "row" }, label),
+        h("td", { className: "num" }, fmtNum(numbers.candidate?.[key], pct)),
+        h("td", { className: "num" }, fmtNum(numbers.production?.[key], pct))))))));
+  } else panel.append(h("p", { className: "meta" }, "No numbers yet: the monitor has not evaluated this release."));
+  const suites = canary.suites;
+  panel.append(h("p", { className: "meta canary-suites" }, suites
+    ? `Evaluation suites: ${suites.passed ? "passed" : "failed"} (${suites.reason}) · ` +
+      Object.entries(suites.suites ?? {}).map(([k, v]) => `${k} ${formatPct(v.candidate)} vs ${formatPct(v.production)}`).join(" · ")
+    : "Evaluation suites: none recorded (started by hand): promote or abort it here."));
+  if (adminToken()) {
+    const base = `/v1/models/${encodeURIComponent(name)}/canary`;
+    const promote = h("button", { type: "button", className: "button secondary small admin-action" }, "Promote candidate");
+    promote.addEventListener("click", () => act(`${base}/promote`, null, `Promoting candidate v${canary.version}…`));
+    const abort = h("button", { type: "button", className: "button secondary small admin-action" }, "Abort");
+    abort.addEventListener("click", () => act(`${base}/abort`, { reason: "aborted on the models page" }, `Aborting candidate v${canary.version}…`));
+    panel.append(h("div", { className: "canary-actions" }, promote, " ", abort));
+  }
+  return panel;
+}
+
+function releaseNote(releases) {
+  const last = releases?.at(-1);
+  return last ? `last release: v${last.version} ${last.outcome} (${last.reason})` : null;
+}
+
+function modelCard(summary, detail, canaryView) {
   const name = summary.name;
   const entry = detail.ok ? detail.body : null;
   const production = entry?.production ?? summary.production ?? null;
@@ -107,7 +152,12 @@ function modelCard(summary, detail) {
       h("thead", {}, h("tr", {}, headings.map((t) => h("th", { scope: "col" }, t)))),
       h("tbody", {}, [...versions].reverse().map((v) => versionRow(name, v, aliases, production))))));
 
+  const canary = canaryView?.ok ? canaryView.body.canary : entry.canary;
+  if (canary) card.append(canaryPanel(name, canary));
   const notes = [];
+  const release = releaseNote(entry.releases);
+  if (release) notes.push(release);
+  if (entry.servable?.length) notes.push(`pinnable: ${entry.servable.map((v) => `${name}@${v}`).join(", ")}`);
   if (history.length) notes.push(`Production history: ${history.map((v) => `v${v}`).join(" → ")}`);
   const deploy = entry.last_deploy;
   if (deploy?.version) notes.push(`last deploy v${deploy.version}${deploy.at ? ` at ${formatDateTime(deploy.at)}` : ""}`);
@@ -125,7 +175,9 @@ async function load() {
   }
   const models = listed.body.models ?? [];
   const details = await Promise.all(models.map((m) => getJSON(`/v1/models/${encodeURIComponent(m.name)}`)));
-  $("models").replaceChildren(...models.map((m, i) => modelCard(m, details[i])));
+  const canaries = await Promise.all(models.map((m, i) =>
+    details[i].ok && details[i].body.canary ? getJSON(`/v1/models/${encodeURIComponent(m.name)}/canary`) : null));
+  $("models").replaceChildren(...models.map((m, i) => modelCard(m, details[i], canaries[i])));
   const time = new Date().toLocaleTimeString(undefined, { hourCycle: "h23" });
   status.textContent = listed.body.registry === false
     ? `The registry has not been read yet: these are the configured models (${time}).`
@@ -190,9 +242,14 @@ async function act(url, body, pending) {
   }
   if (response.ok) {
     const answer = await response.json();
-    const result = answer.promoted ?? answer.rolled_back ?? {};
-    const verb = answer.rolled_back ? "Rolled back" : "Promoted";
-    showNotice("success", `${verb}: ${result.name} v${result.version} is in production`, describeSwitch(result));
+    if (answer.aborted) {
+      const record = answer.aborted.release ?? {};
+      showNotice("success", `Aborted: candidate v${record.version} is retired`, record.reason ?? "");
+    } else {
+      const result = answer.promoted ?? answer.rolled_back ?? {};
+      const verb = answer.rolled_back ? "Rolled back" : "Promoted";
+      showNotice("success", `${verb}: ${result.name} v${result.version} is in production`, describeSwitch(result));
+    }
   } else {
     const error = await errorOf(response);
     showNotice("error", `${response.status} ${error.code}`, error.message, error.details);

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
-from digitflow.errors import DeadlineExceededError, DigitflowError
-from digitflow.jobs import JobStore, NewJob, new_job_id
+from digitflow.errors import DeadlineExceededError, DigitflowError, IdempotencyConflictError
+from digitflow.jobs import Idempotency, JobStore, NewJob, new_job_id
 from digitflow.keys import ACTIVE_JOBS
 
 
@@ -80,9 +81,12 @@ def test_overdue_jobs_fail_at_the_stage_they_wait_in(redis_client: redis.Redis) 
     assert store.fail_overdue(0.0, lambda stage: DeadlineExceededError("x")) == []
 
 
-def test_idempotency_keys_map_to_one_job(redis_client: redis.Redis) -> None:
+def test_idempotency_keys_map_to_one_job_per_owner(redis_client: redis.Redis) -> None:
     store = JobStore(redis_client, 3600)
-    first = store.create([NewJob(new_job_id(), "digits", b"a")], ["k1"])
-    again = store.create([NewJob(new_job_id(), "digits", b"b")], ["k1"])
-    assert first == again
+    first = store.create([NewJob(new_job_id(), "digits", b"a")], Idempotency("k1", "fp-a"), "alice")
+    again = store.create([NewJob(new_job_id(), "digits", b"a")], Idempotency("k1", "fp-a"), "alice")
+    other = store.create([NewJob(new_job_id(), "digits", b"a")], Idempotency("k1", "fp-a"), "bob")
+    assert first == again != other
     assert redis_client.get(f"df:img:{first[0]}") == b"a"
+    with pytest.raises(IdempotencyConflictError):
+        store.create([NewJob(new_job_id(), "digits", b"b")], Idempotency("k1", "fp-b"), "alice")

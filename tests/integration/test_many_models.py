@@ -4,6 +4,7 @@ memory (MAX_LOADED_MODELS=1), so pinned versions make it load and evict (LRU).""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import requests
 
 from digitflow_cli.supervisor import ServiceSpec, StackConfig, free_port, worker_spec
 from tests.conftest import RedisServer
-from tests.integration.models_support import fashion_photo, metric, store_of, submit, sync_view, wait_for_registry
+from tests.integration.models_support import cli, fashion_photo, metric, store_of, submit, sync_view, wait_for_registry
 from tests.integration.test_pipeline import heldout_digits, paper_photo
 from tests.model_dirs import copy_of
 from tests.stacks import Stack, start_stack
@@ -79,8 +80,21 @@ def test_a_worker_keeps_at_most_max_loaded_models_and_evicts_the_least_recent(st
     bag = np.zeros((28, 28), np.uint8)
     bag[8:26, 5:23], bag[3:9, 10:18] = 180, 120  # any picture will do: the test counts loads
     item = fashion_photo(bag)
+    # Only versions an admin marked servable may be pinned; a cold one loads off the job's path
+    # (the job fails retryable `model_loading` meanwhile), so pinned jobs are retried here.
+    marked = cli(stack, "models", "servable", "fashion", "2")
+    assert marked.returncode == 0, marked.stderr
+
+    def served_by(spec: str) -> str:
+        for _ in range(60):
+            job = submit(stack, item, spec, ctype="image/png")
+            if (job.get("error") or {}).get("code") != "model_loading":
+                return str(job["model"]["version"])
+            time.sleep(0.25)
+        raise AssertionError(f"{spec} never loaded")
+
     before = requests.get(f"http://127.0.0.1:{FASHION_PORT}/metrics", timeout=5).text
-    served = [submit(stack, item, spec, ctype="image/png")["model"]["version"] for spec in ("fashion", "fashion@2") * 3]
+    served = [served_by(spec) for spec in ("fashion", "fashion@2") * 3]
     assert served == ["1", "2"] * 3
     after = requests.get(f"http://127.0.0.1:{FASHION_PORT}/metrics", timeout=5).text
     loads = metric(after, "digitflow_model_loads_total", model="fashion", outcome="loaded")

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import redis
 
-from digitflow.errors import ModelVersionNotFoundError
+from digitflow.errors import DigitflowError, ModelLoadingError, ModelVersionNotFoundError, VersionNotServableError
 from digitflow.model_view import write_entries
 from digitflow.settings import InferenceSettings
 from inference_worker.deploy_watcher import HotSwapper
 from inference_worker.serving import ModelCache, infer_items
+from tests.conftest import wait_until
 from tests.integration.test_pipeline import heldout_digits
 from tests.model_dirs import copy_of, unloadable_copy
 
@@ -53,17 +54,24 @@ def items(pins: list[str | None]) -> list[Any]:
 def test_production_and_pins_resolve_and_lru_evicts(
     redis_client: redis.Redis, redis_url: str, tmp_path: Path, sources: dict[str, Path]
 ) -> None:
-    write_entries(redis_client, [entry(sources, "1")])
+    write_entries(redis_client, [{**entry(sources, "1"), "servable": ["2"]}])
     cache = cache_for(redis_url, tmp_path, max_loaded=1)
     assert cache.get("digits").version == "1"
-    assert cache.get("digits", "2").version == "2"
-    assert cache.loaded() == [("digits", "2")]  # version 1 was evicted: one model in memory
-    out = infer_items(items([None, "2", "1", None]), cache)
-    assert [o["version"] for o in out] == ["1", "2", "1", "1"]  # type: ignore[index]
+    # A cold pinned version is loaded off the job's path: the job is told to retry meanwhile.
+    with pytest.raises(ModelLoadingError) as loading:
+        cache.get("digits", "2")
+    assert loading.value.status == 503 and loading.value.retry_after == 2
+    wait_until(lambda: cache.loaded() == [("digits", "2")], 60, 0.05, what="version 2 loaded in the background")
+    assert cache.get("digits", "2").version == "2"  # version 1 was evicted: one model in memory
+    # Production is loaded on the path (evicting 2 again), so the pin of 2 is cold once more.
+    out = infer_items(items([None, "2", None]), cache)
+    assert [o.code if isinstance(o, DigitflowError) else o["version"] for o in out] == ["1", "model_loading", "1"]
     # The files were copied into the machine's model cache once, per version.
     assert sorted(p.name for p in (tmp_path / "var" / "model-cache" / "digits").iterdir()) == ["1", "2"]
     with pytest.raises(ModelVersionNotFoundError):
         cache.get("digits", "9")
+    with pytest.raises(VersionNotServableError):  # registered, but no admin marked it servable
+        cache.get("digits", "3")
 
 
 def test_a_deploy_swaps_and_a_bad_version_never_serves(

@@ -114,6 +114,12 @@ def test_promotion_under_load_switches_every_worker_and_loses_no_job(stack: Stac
 
 
 def test_a_pinned_version_serves_beside_production(stack: Stack) -> None:
+    # Only servable versions may be pinned: version 1 is no longer production until an admin marks it.
+    assert submit(stack, DIGITS[0], "digits@1")["error"]["code"] == "version_not_servable"
+    marked = requests.post(
+        f"{stack.base_url}/v1/models/digits/servable", json={"version": 1, "servable": True}, headers=AUTH, timeout=60
+    )
+    assert marked.status_code == 200 and marked.json()["servable"]["servable"] == ["1"], marked.text
     assert submit(stack, DIGITS[0], "digits@1")["model"] == {"name": "digits", "version": "1"}
     assert submit(stack, DIGITS[1], "digits")["model"] == {"name": "digits", "version": "2"}
     missing = requests.post(

@@ -80,9 +80,9 @@ def test_models_are_listed_from_the_registry_view(client: FlaskClient, redis_cli
 
 
 def test_submit_carries_profile_pin_and_route(client: FlaskClient, redis_client: redis.Redis) -> None:
-    write_entries(
-        redis_client, [entry("digits", "digits-mnist", ("1", "2"), "2"), entry("fashion", "fashion-mnist", ("1",), "1")]
-    )
+    # Version 1 is marked servable (pinnable); version 3 is not, and a pin of it is refused.
+    digits = {**entry("digits", "digits-mnist", ("1", "2", "3"), "2"), "servable": ["1"]}
+    write_entries(redis_client, [digits, entry("fashion", "fashion-mnist", ("1",), "1")])
     assert client.post("/v1/jobs?model=digits@1", data=png_bytes(), content_type="image/png").status_code == 202
     items, queue = sent_chain(redis_client)
     assert items[0]["model"] == "digits" and items[0]["pin"] == "1" and items[0]["profile"] == "digits-mnist"
@@ -94,6 +94,7 @@ def test_submit_carries_profile_pin_and_route(client: FlaskClient, redis_client:
     assert job["model"]["name"] == "fashion"
     for bad, status, code in [
         ("digits@7", 404, "model_not_found"),
+        ("digits@3", 403, "version_not_servable"),
         ("shoes", 404, "model_not_found"),
         ("digits@x", 400, "invalid_request"),
     ]:

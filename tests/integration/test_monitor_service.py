@@ -1,7 +1,9 @@
 """The monitoring loop as ``make run`` deploys it: beat schedules ``monitor.run`` on the monitor
 worker, which reports (HTTP, Prometheus gauges, the CLI table), raises a drift alert on shifted
 traffic and sends ``training.retrain`` to the training worker, which retrains on the feedback,
-registers version 2 with its lineage and promotes it to the running fleet, no restart.
+registers version 2 with its lineage and releases it as the canary candidate (never straight
+to production); live traffic shows it is not worse and the monitor promotes it to the running
+fleet, no restart.
 
 The prediction log lives in PostgreSQL where one is reachable (compose's engine), else SQLite.
 Time is compressed ("1h" = 60 s) as in ``make drift-demo``.
@@ -9,6 +11,7 @@ Time is compressed ("1h" = 60 s) as in ``make drift-demo``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -46,6 +49,9 @@ ENV = {
     # Shorter than a retrain: Redis hands the training message out again once it ends (see
     # digitflow.monitor_store.claim_retrain); the retrain must still run once.
     "VISIBILITY_TIMEOUT_S": "5",
+    # The retrained version serves half of the live jobs; 40 of them decide its promotion.
+    "CANARY_SHARE": "0.5",
+    "MIN_CANARY_JOBS": "40",
 }
 JOBS = 260
 # Rotated 40 degrees, strokes 7 px thick: version 1 gets ~85% of the inliers right, so the
@@ -73,9 +79,10 @@ def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory, d
     connect(url).flushdb()
 
 
-def shifted_traffic(stack: Stack, n: int, offset: int = 0) -> list[tuple[dict[str, Any], int]]:
+def shifted_traffic(stack: Stack, n: int, offset: int = 0, feedback: bool = False) -> list[tuple[dict[str, Any], int]]:
     """``n`` training-split digits in a different hand (rotated, thick strokes), sent by 6
-    clients; returns (finished job, true label) pairs in order."""
+    clients (each job labelled as soon as it finished, with ``feedback``); returns (finished
+    job, true label) pairs in order."""
     images, labels, held = load_mnist_5k()
     train = np.setdiff1d(np.arange(len(labels)), held)
     train = train[np.random.default_rng(3).permutation(len(train))][offset : offset + n]  # stored by class
@@ -85,7 +92,11 @@ def shifted_traffic(stack: Stack, n: int, offset: int = 0) -> list[tuple[dict[st
         if not hasattr(local, "s"):
             local.s = requests.Session()
         data = photo(images[i], ANGLE, THICK)
-        return submit_with(local.s, stack, data, "digits"), int(labels[i])
+        job = submit_with(local.s, stack, data, "digits")
+        if feedback:
+            url = f"{stack.base_url}/v1/jobs/{job['job_id']}/feedback"
+            local.s.post(url, json={"label": int(labels[i])}, timeout=10).raise_for_status()
+        return job, int(labels[i])
 
     with ThreadPoolExecutor(6) as pool:
         return list(pool.map(one, train))
@@ -144,11 +155,19 @@ def test_drift_is_detected_exported_and_retrained_away(stack: Stack, database: s
     mmd_p = gauge(metrics, "digitflow_drift_p_value", test="embedding_mmd", **labels)
     assert mmd_p is not None and mmd_p < 0.01
 
-    # The alert and the labels start a retrain on the training worker, which promotes version 2.
+    # The alert and the labels start a retrain on the training worker, which releases version 2
+    # as the candidate (after the fixed evaluation suites), not as production.
     wait_until(lambda: monitoring(stack)["retraining"], 240, 1.0, what="a retraining outcome")
     (outcome,) = monitoring(stack)["retraining"]
     assert outcome["trigger"] in ("drift", "accuracy") and outcome["new_version"] == "2", outcome
-    assert outcome["promoted"] is True, outcome
+    assert outcome["candidate"] is True and outcome["promoted"] is False, (outcome["reason"], outcome.get("suites"))
+    assert outcome["suites"]["passed"] and set(outcome["suites"]["suites"]) == {
+        "mnist_heldout",
+        "mnist_heldout_augmented",
+    }
+    canary = stack.session.get(f"{stack.base_url}/v1/models/digits/canary", timeout=10).json()
+    assert canary["production"] == "1" and canary["canary"]["version"] == "2", canary
+    assert canary["canary"]["mode"] == "canary" and canary["canary"]["share"] == 0.5
     assert outcome["new"]["recent"] > outcome["production"]["recent"]
     assert outcome["new"]["heldout"] >= outcome["production"]["heldout"] - 0.01
     assert outcome["feedback_rows"] + outcome["recent_rows"] >= 120 and outcome["recent_rows"] >= 36
@@ -157,14 +176,39 @@ def test_drift_is_detected_exported_and_retrained_away(stack: Stack, database: s
     assert params["feedback_rows"] == str(outcome["feedback_rows"]) and params["base_version"] == "1"
     assert len(params["feedback_ids_sha256"]) == 64
 
+    # Live canary traffic (labelled): half of it is version 2's; not worse than production on
+    # any live signal and past the suites, it is promoted by the monitor's canary decision.
+    live = shifted_traffic(stack, 120, offset=JOBS, feedback=True)
+    assert {job["model"]["version"] for job, _ in live} == {"1", "2"}
+
+    def release_state() -> str:
+        body = stack.session.get(f"{stack.base_url}/v1/models/digits/canary", timeout=10).json()
+        return json.dumps({k: body[k] for k in ("production", "canary", "releases")}, default=str)[:3000]
+
+    try:
+        wait_until(
+            lambda: stack.session.get(f"{stack.base_url}/v1/models/digits", timeout=10).json()["production"] == "2",
+            120,
+            1.0,
+            what="version 2 promoted by the canary decision",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {release_state()}") from None
+    release = stack.session.get(f"{stack.base_url}/v1/models/digits", timeout=10).json()["releases"][-1]
+    assert release["version"] == "2" and release["outcome"] == "promoted" and release["by"] == "monitor", release
+    numbers = release["numbers"]
+    cand, prod = numbers["candidate"], numbers["production"]
+    assert cand["jobs"] >= 40 and cand["labelled"] >= 20 and prod["labelled"] >= 20, numbers
+    assert cand["accuracy"] > prod["accuracy"] and cand["estimated_accuracy"] >= prod["estimated_accuracy"] - 0.02
+
     # The fleet serves version 2 without a restart, better on fresh digits of the shifted hand.
     wait_until(
-        lambda: shifted_traffic(stack, 1, offset=JOBS)[0][0]["model"]["version"] == "2",
+        lambda: shifted_traffic(stack, 1, offset=JOBS + 120)[0][0]["model"]["version"] == "2",
         30,
         0.5,
         what="version 2 served",
     )
-    after = shifted_traffic(stack, 120, offset=JOBS + 1)
+    after = shifted_traffic(stack, 120, offset=JOBS + 121)
     assert {job["model"]["version"] for job, _ in after} == {"2"}
     assert float(np.mean([job["result"]["label"] == truth for job, truth in after])) > before
 
@@ -183,7 +227,7 @@ def test_drift_is_detected_exported_and_retrained_away(stack: Stack, database: s
     )
     assert cli.returncode == 0, cli.stderr
     assert re.search(r"^1\s+1d\s+\d+.*input_drift", cli.stdout, re.M), cli.stdout
-    assert "-> version 2, promoted=True" in cli.stdout
+    assert "-> version 2, promoted=False, candidate=True" in cli.stdout
     # Every job is in the configured prediction log (PostgreSQL here when one is reachable).
     log = PredictionLog(database or f"sqlite:///{stack.config.var_dir / 'predictions.db'}")
     try:

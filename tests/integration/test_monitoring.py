@@ -56,13 +56,15 @@ def log_of(stack: Stack) -> PredictionLog:
 def test_detector_scores_jobs_and_every_job_is_logged(stack: Stack) -> None:
     digits = heldout_digits(12, seed=5)
     jobs = [submit(stack, paper_photo(img, seed=i), "digits") for i, (img, _) in enumerate(digits)]
-    noise = submit(stack, noise_png(), "digits", ctype="image/png")
-    assert all(j["status"] == "succeeded" for j in [*jobs, noise]), noise
+    noises = [submit(stack, noise_png(seed), "digits", ctype="image/png") for seed in range(5)]
+    assert all(j["status"] == "succeeded" for j in [*jobs, *noises]), noises
     threshold = jobs[0]["result"]["outlier_threshold"]
-    assert threshold == pytest.approx(229.26, abs=0.1)  # the shipped detector of digits/1
+    assert threshold == pytest.approx(350.75, abs=0.1)  # the shipped detector of digits/1
     inliers = sum(not j["result"]["outlier"] for j in jobs)
     assert inliers >= 10, [j["result"]["outlier_score"] for j in jobs]
-    assert noise["result"]["outlier"] is True and noise["result"]["outlier_score"] > threshold
+    # Calibrated to pass 97% of realistic digit uploads, the detector flags most speckle pages.
+    flagged = [n for n in noises if n["result"]["outlier"] is True and n["result"]["outlier_score"] > threshold]
+    assert len(flagged) >= 4, [n["result"]["outlier_score"] for n in noises]
     log = log_of(stack)
     wait_until(lambda: all(log.get(j["job_id"]) is not None for j in jobs), 10, what="prediction-log rows")
     row = log.get(jobs[0]["job_id"])

@@ -57,8 +57,9 @@ def test_batches_feedback_and_redelivery(log: PredictionLog) -> None:
     assert not log.set_feedback("nope", 1)
     assert log.set_feedback("a", 3)  # idempotent
     labelled = log.labelled("digits")
-    assert [r.true_label for r in labelled] == [3, 4]  # the outlier "c" is not training data
-    assert log.count_labelled("digits") == 2 and log.count_labelled("digits", after_id=labelled[0].id) == 1
+    assert [r.true_label for r in labelled] == [3, 4, 1]  # the flagged "c" too: its label says it is a digit
+    assert [r.true_label for r in log.labelled("digits", inliers_only=True)] == [3, 4]
+    assert log.count_labelled("digits") == 3 and log.count_labelled("digits", after_id=labelled[0].id) == 2
     assert [r.id for r in log.window("digits", T0 + 1)] == [log.get(j).id for j in ("d", "c", "b")]  # type: ignore[union-attr]
     assert log.versions("digits", T0) == ["1"] and log.first_seen("digits", "1") == T0
     assert log.models() == ["digits"]

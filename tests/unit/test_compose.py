@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -74,11 +75,19 @@ def test_worker_commands_match_the_real_entry_points(compose: dict[str, Any], se
     assert compose["services"][service]["build"]["target"] == stage
 
 
-def test_gateway_runs_the_app_factory_under_gunicorn(compose: dict[str, Any]) -> None:
-    command = compose["services"]["gateway"]["command"]
-    assert command[0] == "gunicorn" and command[-1] == "gateway:create_app()"
-    config = command[command.index("-c") + 1]
-    assert config.startswith("python:") and importlib.util.find_spec(config.removeprefix("python:")) is not None
+def test_gateway_runs_the_slow_client_safe_server_everywhere(compose: dict[str, Any]) -> None:
+    """compose, the Dockerfile's gateway image and `make run` start the same server module, and
+    compose passes the client keys through (an unset API_KEYS would leave submission open)."""
+    gateway = compose["services"]["gateway"]
+    command = gateway["command"]
+    assert command == ["python", "-m", "gateway.serve"] and importlib.util.find_spec(command[-1]) is not None
+    assert f"CMD {json.dumps(command)}" in dockerfile_stages()["gateway"]
+    local = {s.name: s.argv for s in build_specs(StackConfig(flower=False))}["gateway"]
+    assert local[1:] == command[1:]
+    assert gateway["environment"]["API_KEYS"] == "${API_KEYS:-}"
+    # MLflow has no authentication: the gateway is given no way to it (and imports no mlflow).
+    assert not any(name.startswith("MLFLOW") for name in gateway["environment"])
+    assert "mlflow" not in gateway.get("depends_on", {})
 
 
 def test_only_the_inference_and_training_images_install_torch() -> None:

@@ -22,6 +22,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 OURS = set(PYPROJECT["tool"]["importlinter"]["root_packages"])
 # Import name -> distribution name, where they differ.
 DISTRIBUTION = {"PIL": "pillow", "yaml": "pyyaml", "prometheus_client": "prometheus-client", "mlflow": "mlflow-skinny"}
+DISTRIBUTION["opentelemetry"] = "opentelemetry-api"  # a namespace package; api, sdk and exporter are all core deps
 # What each package may use: the core's dependencies plus these extras.
 EXTRAS_OF = {
     "digitflow": ("postprocess", "registry"),  # the optional stores: predlog (SQLAlchemy), model_store (MLflow)

@@ -47,7 +47,8 @@ def test_malformed_model_specs_are_refused(text: str) -> None:
 
 def test_resolution_picks_production_or_the_pinned_version() -> None:
     assert resolve(ENTRY, None)[0] == "2"
-    assert resolve(ENTRY, "1")[1]["source"] == "/x/1"
+    # A pin must name a servable version (production, the candidate, or one an admin marked).
+    assert resolve({**ENTRY, "servable": ["1"]}, "1")[1]["source"] == "/x/1"
     with pytest.raises(ModelVersionNotFoundError) as err:
         resolve(ENTRY, "7")
     assert err.value.details["available"] == ["1", "2", "10"]  # numeric order
