@@ -176,3 +176,17 @@ def test_monitor_and_training_services_match_the_local_stack(compose: dict[str, 
         assert "beat" in argv and argv[argv.index("--scheduler") + 1] == "celery.beat:Scheduler"  # no shelve file
     assert compose["services"]["training_worker"]["build"]["target"] == "training"
     assert "monitor" not in {s.name for s in build_specs(StackConfig(flower=False))}
+
+
+def test_only_the_registry_clients_can_reach_mlflow(compose: dict[str, Any]) -> None:
+    """MLflow has no authentication: it sits on an internal network of its own clients."""
+    services = compose["services"]
+    assert compose["networks"]["registry"]["internal"] is True
+    assert services["mlflow"]["networks"] == ["registry"]
+    clients = {"inference_worker", "registry_worker", "monitor_worker", "monitor_beat", "training_worker"}
+    for name, service in services.items():
+        on_registry = "registry" in service.get("networks", [])
+        assert on_registry == (name in clients | {"mlflow"}), name
+        if name in clients:
+            assert "default" in service["networks"], f"{name} must still reach Redis"
+
