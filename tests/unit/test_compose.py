@@ -189,4 +189,3 @@ def test_only_the_registry_clients_can_reach_mlflow(compose: dict[str, Any]) -> 
         assert on_registry == (name in clients | {"mlflow"}), name
         if name in clients:
             assert "default" in service["networks"], f"{name} must still reach Redis"
-
