@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ import torch
 from bench import nondigit_suites
 from bench import population_suites as ps
 from bench.paths import MODELS
-from bench.population_eval import digit_summary, inference_ms_per_job, measure, non_digit_summary
-from digitnet.loading import load_model
+from bench.population_eval import Measured, digit_summary, inference_ms_per_job, measure, non_digit_summary
+from digitflow.reference import Reference
+from digitnet.loading import LoadedModel, load_model
 
 ACCURACY_TARGETS = {"photos": 0.98, "canvases": 0.98, "lowres_scans": 0.90, "mnist_held": 0.99}
 MAX_FLAGGED = 0.03  # of real digit uploads
@@ -34,6 +36,24 @@ MAX_INFERENCE_MS = 1.0
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
+
+
+def _measured(
+    suites: Mapping[str, Callable[[], tuple[list[bytes], list[int]]]],
+    model: LoadedModel,
+    ref: Reference,
+    skipped: dict[str, str],
+) -> Iterator[tuple[str, Measured]]:
+    """Each suite's measurement, in order; a suite whose source is missing is named in
+    ``skipped`` (and printed) instead."""
+    for name, make in suites.items():
+        try:
+            uploads, labels = make()
+        except ps.SourceMissing as exc:
+            skipped[name] = str(exc)
+            print(f"skipped {name}: {exc}", flush=True)
+            continue
+        yield name, measure(model, ref, uploads, labels)
 
 
 def run(model_dir: Path) -> dict[str, object]:
@@ -46,14 +66,7 @@ def run(model_dir: Path) -> dict[str, object]:
     skipped: dict[str, str] = out["skipped"]  # type: ignore[assignment]
     digits: dict[str, dict[str, object]] = {}
     digit_scores, all_pixels = [], []
-    for name, make in {**ps.INDEPENDENT, **ps.REFERENCE}.items():
-        try:
-            uploads, labels = make()
-        except ps.SourceMissing as exc:
-            skipped[name] = str(exc)
-            print(f"skipped {name}: {exc}", flush=True)
-            continue
-        m = measure(model, ref, uploads, labels)
+    for name, m in _measured({**ps.INDEPENDENT, **ps.REFERENCE}, model, ref, skipped):
         digits[name] = digit_summary(m, ref.threshold)
         digit_scores.append(m.scores)
         all_pixels.append(m.pixels[m.ok])
@@ -61,14 +74,7 @@ def run(model_dir: Path) -> dict[str, object]:
     pooled = np.concatenate(digit_scores) if digit_scores else np.zeros(0)
     others: dict[str, dict[str, object]] = {}
     outlier_scores = []
-    for name, make in nondigit_suites.NON_DIGITS.items():
-        try:
-            uploads, labels = make()
-        except ps.SourceMissing as exc:
-            skipped[name] = str(exc)
-            print(f"skipped {name}: {exc}", flush=True)
-            continue
-        m = measure(model, ref, uploads, labels)
+    for name, m in _measured(nondigit_suites.NON_DIGITS, model, ref, skipped):
         if len(pooled):
             others[name] = non_digit_summary(m, ref.threshold, pooled)
             outlier_scores.append(m.scores)

@@ -25,7 +25,8 @@ import requests
 
 from digitflow_cli.supervisor import ServiceSpec, StackConfig, build_specs, free_port
 from tests.conftest import RedisServer, wait_until
-from tests.e2e.test_web import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.e2e import test_web
+from tests.e2e.test_web import ARTIFACTS
 from tests.integration.models_support import wait_for_registry
 from tests.integration.test_pipeline import heldout_digits, paper_photo
 from tests.stacks import Stack, start_stack
@@ -87,14 +88,8 @@ def flower(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) 
         client.close()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: `make system-deps` (as root) installs Debian's chromium")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+# The same Chromium fixture as the web page tests (Debian's browser, quiet flags).
+browser = test_web.browser
 
 
 @pytest.fixture
