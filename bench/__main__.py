@@ -6,11 +6,12 @@
 Scenarios, all with the same model, preprocessing code and input images (see bench.images):
 ``inprocess`` (no queue, no HTTP: the physical limit), ``monolith`` (one Flask app under gunicorn
 doing every stage in the request), ``chain-per-job`` (digitflow with BATCH_MAX=1) and
-``digitflow`` (its defaults); ``traced`` (not run unless named) is ``digitflow`` with
-OpenTelemetry tracing on, exporting to a local OTLP sink that drops the data, and the report
-compares the two case by case (``tracing``). Each HTTP scenario is measured at every in-flight level, polling
-and with ``Prefer: wait`` (the monolith answers in one round trip, so it is measured once), plus
-one batch case. Prints a table and ratios and writes the JSON report.
+``digitflow`` (its defaults, with task events off); not run unless named: ``traced`` (tracing on),
+``defaults`` (digitflow exactly as ``make run`` starts it) and ``bentoml`` (a peer framework with
+adaptive batching, in its own venv): see bench.scenarios. Each HTTP scenario is measured at every
+in-flight level, polling and with ``Prefer: wait`` (the monolith and BentoML answer in one round
+trip, so they are measured once), plus one batch case. Prints a table, ratios and the issue's
+targets and writes the JSON report.
 """
 
 from __future__ import annotations
@@ -26,94 +27,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from bench.images import make_images, write_images
-from bench.otlp_sink import otlp_sink
 from bench.paths import CHECKOUT, MODELS
 from bench.procstats import ProcStats
 from bench.report import memory_of, ratios, render, row_of, targets, write_json
-from bench.runner import BenchConfig, DriverError, Measurement, run_http, run_inprocess
-from bench.stacks import Stack, digitflow_stack, monolith_stack
-
-SCENARIOS = ("inprocess", "monolith", "chain-per-job", "digitflow")
-OPTIONAL_SCENARIOS = ("traced",)
-
-
-@contextmanager
-def _watched(stack: Stack, stats: ProcStats) -> Iterator[Stack]:
-    """Account the stack's services while the block runs."""
-    for name, pid in stack.services.items():
-        stats.watch(name, pid)
-    try:
-        yield stack
-    finally:
-        for name in stack.services:
-            stats.forget(name)
-
-
-def _check_alive(stack: Stack, scenario: str) -> None:
-    """Raise RuntimeError naming any service that died, with the tail of its log."""
-    for name in stack.dead():
-        tail = (stack.log_dir / f"{name}.log").read_text(errors="replace")[-1500:]
-        raise RuntimeError(f"{scenario}: service {name} died during the run; {stack.log_dir}/{name}.log ends:\n{tail}")
-
-
-def run_scenario(name: str, cfg: BenchConfig, stats: ProcStats) -> list[Measurement]:
-    if name == "inprocess":
-        return run_inprocess(cfg, stats)
-    if name == "monolith":
-        with monolith_stack(cfg.var_dir / name, cfg.procs, cfg.monolith_threads) as stack, _watched(stack, stats):
-            out = run_http(name, cfg, stack.url, stats, ("prefer",))
-            _check_alive(stack, name)
-        for m in out:  # one round trip either way: the same row serves poll and prefer
-            m.result["mode"] = "both" if m.result["mode"] == "prefer" else m.result["mode"]
-        return out
-    env = {"TASK_EVENTS": "false", "LOG_LEVEL": cfg.log_level, **dict(cfg.digitflow_env)}
-    if name == "chain-per-job":
-        env["BATCH_MAX"] = "1"
-    if name == "traced":
-        with otlp_sink() as sink:
-            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
-            with digitflow_stack(cfg.var_dir / name, env) as stack, _watched(stack, stats):
-                out = run_http(name, cfg, stack.url, stats, ("poll", "prefer"), stack.batch_counters)
-                _check_alive(stack, name)
-            print(f"  otlp sink: {sink.requests} exports, {sink.bytes / 1e6:.1f} MB", file=sys.stderr, flush=True)
-        return out
-    with digitflow_stack(cfg.var_dir / name, env) as stack, _watched(stack, stats):
-        out = run_http(name, cfg, stack.url, stats, ("poll", "prefer"), stack.batch_counters)
-        _check_alive(stack, name)
-    return out
-
-
-def tracing_cost(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per case: throughput and CPU per job of ``traced`` against ``digitflow``."""
-    out = []
-    for traced in (r for r in rows if r["scenario"] == "traced"):
-        base = next(
-            (
-                r
-                for r in rows
-                if r["scenario"] == "digitflow" and r["mode"] == traced["mode"] and r["inflight"] == traced["inflight"]
-            ),
-            None,
-        )
-        if base is None or not base["jobs_per_s"]:
-            continue
-        out.append(
-            {
-                "mode": traced["mode"],
-                "inflight": traced["inflight"],
-                "jobs_per_s": [base["jobs_per_s"], traced["jobs_per_s"]],
-                "p50_ms": [base["latency_ms"]["p50"], traced["latency_ms"]["p50"]],
-                "cpu_ms_per_job_system": [base["cpu_ms_per_job_system"], traced["cpu_ms_per_job_system"]],
-                "cpu_ms_per_job_added": round(traced["cpu_ms_per_job_system"] - base["cpu_ms_per_job_system"], 3),
-            }
-        )
-    return out
+from bench.runner import BenchConfig, DriverError, Measurement
+from bench.scenarios import OPTIONAL_SCENARIOS, SCENARIOS, render_variant, run_scenario, variant_cost
 
 
 def _busy_share(stats: ProcStats, seconds: float = 1.0) -> float:
@@ -184,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--digitflow-env", action="append", default=[], metavar="KEY=VALUE", help="extra env for digitflow (repeatable)"
     )
+    parser.add_argument(
+        "--bentoml-max-latency-ms",
+        type=int,
+        default=1000,
+        help="bentoml scenario: max_latency_ms of its batchable API (BentoML answers 503 past it)",
+    )
     parser.add_argument("--out", type=Path, default=CHECKOUT / "bench" / "results" / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, images) afterwards")
     return parser
@@ -209,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_inflight=args.batch_inflight,
         log_level=args.log_level,
         digitflow_env=tuple((k, v) for k, _, v in (kv.partition("=") for kv in args.digitflow_env)),
+        bentoml_max_latency_ms=args.bentoml_max_latency_ms,
     )
     print(f"bench: {', '.join(scenarios)}; run directory {var_dir}", file=sys.stderr, flush=True)
     write_images(make_images(args.images), cfg.images_dir)
@@ -246,20 +175,20 @@ def main(argv: list[str] | None = None) -> int:
             errors.append(f"{r['scenario']} {r['mode']} @{r['inflight']}: {r['failed']} jobs failed: {r['failures']}")
     ratio_rows = ratios(rows, cfg.inflight, f"{cfg.batch_inflight}x{cfg.batch_parts}")
     meta = {**_meta(cfg, scenarios), "other_cpu_share_before_start": round(busy, 3)}
-    report = {"meta": meta, "rows": rows, "memory": memory, "ratios": ratio_rows}
+    report: dict[str, Any] = {"meta": meta, "rows": rows, "memory": memory, "ratios": ratio_rows}
     report["targets"] = targets(rows, ratio_rows, memory)
     report["errors"] = errors
-    tracing = report["tracing"] = tracing_cost(rows)
+    report["tracing"] = variant_cost(rows, "traced")
+    report["defaults_cost"] = variant_cost(rows, "defaults")
     write_json(report, args.out)
     print(render(report))
-    if tracing:
-        print("\nTracing cost (digitflow -> traced): jobs/s, p50 ms, system CPU ms per job")
-        for t in tracing:
-            print(
-                f"  {t['mode']:>7} @{t['inflight']!s:<6} {t['jobs_per_s'][0]:.1f} -> {t['jobs_per_s'][1]:.1f} jobs/s"
-                f"   p50 {t['p50_ms'][0]} -> {t['p50_ms'][1]}   CPU/job {t['cpu_ms_per_job_system'][0]} ->"
-                f" {t['cpu_ms_per_job_system'][1]} ({t['cpu_ms_per_job_added']:+.3f})"
-            )
+    variants = {
+        "tracing": "Tracing cost (digitflow -> traced)",
+        "defaults_cost": "make run's defaults (digitflow -> defaults)",
+    }
+    for key, title in variants.items():
+        if text := render_variant(title, report[key]):
+            print(text)
     print(f"\nJSON report: {args.out}")
     if errors or args.keep:
         print(f"run directory kept (logs under log/): {var_dir}", file=sys.stderr)

@@ -78,7 +78,7 @@ class Client:
                 response = self.conn.getresponse()
                 payload = response.read()
                 self.requests += 1
-                return response.status, json.loads(payload) if payload else None
+                return response.status, _json_or_none(payload)
             except RETRYABLE:
                 self.conn.close()
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
@@ -94,19 +94,35 @@ class Client:
         self.conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
 
 
+def _json_or_none(payload: bytes) -> Any:
+    """The parsed body; None for an empty or non-JSON one (e.g. a plain-text 503), which the
+    caller counts under the answer's HTTP status rather than as a client crash."""
+    try:
+        return json.loads(payload) if payload else None
+    except ValueError:
+        return None
+
+
+def error_code(status: int, body: Any) -> str:
+    """``http_<status>:<code>`` of a refused request; ``error`` may be digitflow's object or a
+    peer's plain string (BentoML: ``{"error": "..."}``)."""
+    err = body.get("error") if isinstance(body, dict) else None
+    code = err.get("code", "?") if isinstance(err, dict) else str(err)[:40] if err else "?"
+    return f"http_{status}:{code}"
+
+
 def answers(client: Client, status: int, body: Any, wait_s: float, deadline: float, n: int) -> list[dict[str, Any]]:
     """Job views for a submission of ``n`` images, polling the unfinished ones until ``deadline``."""
-    if status >= 400 or not isinstance(body, dict):
-        code = body.get("error", {}).get("code", "?") if isinstance(body, dict) else "?"
-        return [{"status": "http_error", "error": {"code": f"http_{status}:{code}"}}] * n
-    jobs = body.get("jobs", [body])
+    if status >= 400 or not isinstance(body, dict | list):
+        return [{"status": "http_error", "error": {"code": error_code(status, body)}}] * n
+    # A list is BentoML's answer to a batchable API (bench.bentoml_service): one view per part.
+    jobs = body if isinstance(body, list) else body.get("jobs", [body])
     done = []
     for job in jobs:
         while job.get("status") not in ("succeeded", "failed") and time.monotonic() < deadline:
             status, body = client.call("GET", f"/v1/jobs/{job['job_id']}?wait={wait_s:g}", None, {})
             if status >= 400 or not isinstance(body, dict):
-                code = body.get("error", {}).get("code", "?") if isinstance(body, dict) else "?"
-                job = {"status": "http_error", "error": {"code": f"http_{status}:{code}"}}
+                job = {"status": "http_error", "error": {"code": error_code(status, body)}}
                 break
             job = body
         done.append(job)

@@ -65,8 +65,8 @@ def main() -> dict[str, object]:
                 pixels.append(preprocess(data, 40_000_000))
             except DigitflowError:
                 refused += 1
-        _, feats = model.predict_with_features(pixels)
-        return ref.scores(feats), refused
+        logits, feats = model.predict_with_features(pixels)
+        return ref.scores(feats, logits), refused
 
     images, _, held = load_mnist_5k()
     inl, _ = scores([png(255 - images[i]) for i in held])

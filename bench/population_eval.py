@@ -64,7 +64,7 @@ def infer(model: LoadedModel, ref: Reference, pixels: np.ndarray) -> tuple[np.nd
         batch = [p.tobytes() for p in pixels[start : start + BATCH]]
         logits, feats = model.predict_with_features(batch)
         preds.append(logits.argmax(axis=1))
-        scores.append(ref.scores(feats).astype(np.float64))
+        scores.append(ref.scores(feats, logits).astype(np.float64))
     if not preds:
         return np.zeros(0, np.int64), np.zeros(0)
     return np.concatenate(preds), np.concatenate(scores)

@@ -16,7 +16,7 @@ from bench.procstats import MemoryPeak
 from bench.runner import Measurement
 
 # Table columns; a service not named here (a new one in the stack) gets a column of its own.
-SERVICES = ("gateway", "preprocess", "inference", "postprocess", "redis", "monolith", "inprocess")
+SERVICES = ("gateway", "preprocess", "inference", "postprocess", "redis", "monolith", "bentoml", "inprocess")
 NOT_MEASURED = ("load", "harness", "other")  # not part of the system under test
 SHORT = {
     "gateway": "gw",
@@ -25,11 +25,31 @@ SHORT = {
     "postprocess": "post",
     "redis": "redis",
     "monolith": "mono",
+    "bentoml": "bento",
     "inprocess": "inproc",
+    # What only the `defaults` scenario runs (make run's whole stack).
+    "registry": "reg",
+    "monitor": "mon",
+    "monitor-beat": "beat",
+    "training": "train",
+    "flower": "flower",
     "load": "load",
     "harness": "harn",
     "other": "other",
 }
+# Peer frameworks measured beside digitflow (optional scenarios), each a ratio column.
+PEERS = ("bentoml",)
+# The ratio columns: (key in a ratio row, header, width).
+RATIO_COLUMNS = (
+    ("digitflow/monolith", "/monolith", 11),
+    ("digitflow/chain-per-job", "/chain", 9),
+    ("digitflow/inprocess", "/inproc", 9),
+    ("digitflow/inprocess-batched", "/inproc-batched", 17),
+    ("digitflow/bentoml", "/bentoml", 10),
+)
+# Where the table's ``batch`` column comes from: digitflow's gateway (jobs per chain), the
+# in-process loop (images per forward pass), BentoML's batcher (requests per call).
+BATCH_COLUMN_FROM = ("gateway", "inprocess", "bentoml")
 # Above this share of the machine's CPU used by processes outside the benchmark, a row is flagged.
 INTERFERENCE_SHARE = 0.10
 MB = 1024 * 1024
@@ -85,7 +105,7 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
 
 
 def ratios(rows: list[dict[str, Any]], inflights: tuple[int, ...], batch_label: str) -> list[dict[str, Any]]:
-    """digitflow's throughput over monolith, chain-per-job and in-process, case by case."""
+    """digitflow's throughput over monolith, chain-per-job, in-process and each peer, case by case."""
     inproc_b1, inproc_batched = find(rows, "inprocess", "batch1", None), find(rows, "inprocess", "batched", None)
     cases: list[tuple[str, object]] = [(mode, n) for mode in ("poll", "prefer") for n in inflights]
     out = []
@@ -100,6 +120,7 @@ def ratios(rows: list[dict[str, Any]], inflights: tuple[int, ...], batch_label: 
                 "digitflow/chain-per-job": _ratio(df, find(rows, "chain-per-job", mode, n)),
                 "digitflow/inprocess": _ratio(df, inproc),
                 "digitflow/inprocess-batched": _ratio(df, inproc_batched),
+                **{f"digitflow/{peer}": _ratio(df, find(rows, peer, mode, n)) for peer in PEERS},
             }
         )
     return out
@@ -120,14 +141,13 @@ def targets(
         if r["inflight"] == 64:
             add(f"digitflow/monolith {where} >= 1.0", r["digitflow/monolith"], 1.0, True)
             add(f"digitflow/chain-per-job {where} >= 2.5", r["digitflow/chain-per-job"], 2.5, True)
-            df = find(rows, "digitflow", r["mode"], 64)
-            if df and df["latency_ms"]["p50"]:
-                add(
-                    f"digitflow p99/p50 {where} <= 2",
-                    round(df["latency_ms"]["p99"] / df["latency_ms"]["p50"], 2),
-                    2.0,
-                    False,
-                )
+            for peer in PEERS:  # a peer is optional: its target is listed only where it ran
+                if r.get(f"digitflow/{peer}") is not None:
+                    add(f"digitflow/{peer} {where} >= 1.0", r[f"digitflow/{peer}"], 1.0, True)
+            # The bench's stripped settings (digitflow) and make run's own (defaults, where it ran).
+            for scenario in ("digitflow", "defaults"):
+                if scenario == "digitflow" or any(row["scenario"] == scenario for row in rows):
+                    add(f"{scenario} p99/p50 {where} <= 2", tail_ratio(find(rows, scenario, r["mode"], 64)), 2.0, False)
         elif r["inflight"] == 16:
             add(f"digitflow/monolith {where} >= 0.85", r["digitflow/monolith"], 0.85, True)
         elif r["inflight"] == 1:
@@ -139,6 +159,13 @@ def targets(
         peak = memory.get("digitflow", {}).get(service)
         add(f"{service} largest process RSS MB <= 150", peak["largest_mb"] if peak else None, 150.0, False)
     return out
+
+
+def tail_ratio(row: dict[str, Any] | None) -> float | None:
+    """p99 / p50 of a row; None when it has no latencies (nothing succeeded, or not measured)."""
+    if not row or not row["latency_ms"]["p50"] or row["latency_ms"]["p99"] is None:
+        return None
+    return round(row["latency_ms"]["p99"] / row["latency_ms"]["p50"], 2)
 
 
 def memory_of(peaks: dict[str, MemoryPeak]) -> dict[str, dict[str, float]]:
@@ -169,12 +196,15 @@ def render(report: dict[str, Any]) -> str:
         lat = r["latency_ms"]
         acc = None if r["accuracy"] is None else round(r["accuracy"] * 100, 1)
         line = f"{r['scenario']:<14}{r['mode']:>7}{_fmt(r['inflight'], 6)}{_fmt(float(r['jobs_per_s']), 8)}"
-        batch = r["mean_batch_size"].get("gateway", r["mean_batch_size"].get("inprocess"))
+        batch = next((r["mean_batch_size"][k] for k in BATCH_COLUMN_FROM if k in r["mean_batch_size"]), None)
         line += "".join(_fmt(lat[k], 8) for k in ("p50", "p95", "p99")) + _fmt(r["failed"], 5) + _fmt(acc, 6)
         line += _fmt(None if batch is None else float(batch), 6)
         line += "".join(_fmt(r["cpu_ms_per_job"].get(s), 7) for s in services) + _fmt(r["cpu_ms_per_job_system"], 6)
         lines.append(line + (" *" if r["interference"] else ""))
-    lines.append("batch = mean jobs per chain sent by the gateway (digitflow) or per forward pass (in-process)")
+    lines.append(
+        "batch = mean jobs per chain sent by the gateway (digitflow), per forward pass (in-process)"
+        " or requests per batched call (bentoml)"
+    )
     lines.append("sys = CPU of the system under test (excludes load generator, harness and other)")
     if any(r["interference"] for r in report["rows"]):
         share = f"{INTERFERENCE_SHARE:.0%}"
@@ -183,22 +213,8 @@ def render(report: dict[str, Any]) -> str:
     for scenario, services in report["memory"].items():
         parts = [f"{n} {m['peak_rss_mb']:.0f}/{m['largest_mb']:.0f}/{m['processes']}" for n, m in services.items()]
         lines.append(f"  {scenario:<14}" + "   ".join(parts))
-    lines += ["", "Ratios of jobs/s (digitflow / other)"]
-    lines.append(f"  {'mode':>7}{'infl':>7}{'/monolith':>11}{'/chain':>9}{'/inproc':>9}{'/inproc-batched':>17}")
-    for r in report["ratios"]:
-        vals = [
-            r[k]
-            for k in (
-                "digitflow/monolith",
-                "digitflow/chain-per-job",
-                "digitflow/inprocess",
-                "digitflow/inprocess-batched",
-            )
-        ]
-        lines.append(
-            f"  {r['mode']:>7}{_fmt(r['inflight'], 7)}"
-            + "".join(_fmt(v if v is None else f"{v:.2f}", w) for v, w in zip(vals, (11, 9, 9, 17), strict=True))
-        )
+    lines += ["", *render_ratios(report["ratios"])]
+    lines += render_peers(report["rows"])
     lines += ["", "Targets (reported, not asserted)"]
     for t in report["targets"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
@@ -206,6 +222,42 @@ def render(report: dict[str, Any]) -> str:
     for err in report.get("errors", []):
         lines.append(f"ERROR: {err}")
     return "\n".join(lines)
+
+
+def render_ratios(ratio_rows: list[dict[str, Any]]) -> list[str]:
+    """The ratios table; a peer's column only when some case has its ratio (it ran)."""
+    columns = [c for c in RATIO_COLUMNS if c[0] not in _peer_keys() or any(r.get(c[0]) for r in ratio_rows)]
+    lines = ["Ratios of jobs/s (digitflow / other)"]
+    lines.append(f"  {'mode':>7}{'infl':>7}" + "".join(head.rjust(width) for _, head, width in columns))
+    for r in ratio_rows:
+        cells = [_fmt(None if r.get(key) is None else f"{r[key]:.2f}", width) for key, _, width in columns]
+        lines.append(f"  {r['mode']:>7}{_fmt(r['inflight'], 7)}" + "".join(cells))
+    return lines
+
+
+def _peer_keys() -> set[str]:
+    return {f"digitflow/{peer}" for peer in PEERS}
+
+
+def render_peers(rows: list[dict[str, Any]]) -> list[str]:
+    """Per peer case: lone-job and tail latency, and its failures as a share of what it was asked
+    (a peer that sheds load answers fast: its errors are part of its result)."""
+    lines = []
+    for peer in PEERS:
+        cases = [r for r in rows if r["scenario"] == peer]
+        if not cases:
+            continue
+        lines += ["", f"{peer}: latency and errors per case (failed / answered, by code)"]
+        for r in cases:
+            asked = r["jobs"] + r["failed"]
+            share = f"{r['failed'] / asked:.0%}" if asked else "-"
+            codes = ", ".join(f"{k} {v}" for k, v in sorted(r["failures"].items())) or "none"
+            lat = r["latency_ms"]
+            lines.append(
+                f"  {r['mode']:>7}{_fmt(r['inflight'], 6)}  p50 {lat['p50']} p99 {lat['p99']} ms"
+                f"  failed {r['failed']}/{asked} ({share}): {codes}; reconnects {r['reconnects']}"
+            )
+    return lines
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

@@ -39,6 +39,8 @@ class BenchConfig:
     log_level: str = "WARNING"
     # Extra environment for both digitflow scenarios (tuning experiments, e.g. BATCH_WAIT_MS).
     digitflow_env: tuple[tuple[str, str], ...] = ()
+    # The peer's batching SLO (bench.bentoml_service): BentoML answers 503 to a request past it.
+    bentoml_max_latency_ms: int = 1000
 
 
 @dataclass

@@ -2,16 +2,19 @@
 
 ``digitflow_stack`` starts a private redis-server on a free port (never the machine's Redis),
 then the gateway and the three stage workers exactly as ``make run`` builds them;
-``monolith_stack`` starts the baseline under gunicorn. Both wait until the service answers
-(``/readyz`` 200, or ``/healthz`` for the monolith) and stop every process on the way out, also
-on errors and Ctrl-C.
+``monolith_stack`` starts the baseline under gunicorn and ``bentoml_stack`` the peer framework
+(``bench.bentoml_service``) from its own venv. Each waits until the service answers (``/readyz``
+200, or ``/healthz`` for the monolith) and stops every process on the way out, also on errors
+and Ctrl-C.
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -20,13 +23,20 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.monolith import monolith_spec
-from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
+from bench.paths import CHECKOUT
+from digitflow_cli.supervisor import ServiceSpec, StackConfig, Supervisor, build_specs, free_port, redis_spec
 
 # Per-stage pool sizes of the digitflow scenarios (what ``make run`` starts by default).
 WORKERS = {"preprocess": 2, "inference": 1, "postprocess": 1}
 
 
-BATCH_SIZE_RE = re.compile(r'^digitflow_batch_size_(sum|count)\{[^}]*stage="([^"]+)"[^}]*\}\s+(\S+)', re.MULTILINE)
+BATCH_SIZE_RE = re.compile(
+    r'^digitflow_batch_size_(?P<kind>sum|count)\{[^}]*stage="(?P<stage>[^"]+)"[^}]*\}\s+(?P<value>\S+)', re.MULTILINE
+)
+# BentoML's adaptive batcher: requests merged per call of the batchable API, one series per worker.
+BENTOML_BATCH_RE = re.compile(
+    r"^bentoml_service_adaptive_batch_size_(?P<kind>sum|count)\{[^}]*\}\s+(?P<value>\S+)", re.MULTILINE
+)
 
 
 @dataclass
@@ -39,17 +49,21 @@ class Stack:
     log_dir: Path
     supervisor: Supervisor
     metrics_urls: list[str] = field(default_factory=list)
+    # The batch-size histogram's series; one without a ``stage`` group is summed as ``default_stage``.
+    batch_re: re.Pattern[str] = BATCH_SIZE_RE
+    default_stage: str = "-"
 
     def batch_counters(self) -> dict[str, tuple[float, float]]:
-        """Per stage label, the (sum, count) of ``digitflow_batch_size`` over all metrics endpoints
-        (jobs per batch message); endpoints that do not answer are skipped."""
+        """Per stage label, the (sum, count) of the batch-size histogram over all metrics
+        endpoints (digitflow: jobs per batch message); endpoints that do not answer are skipped."""
         out: dict[str, tuple[float, float]] = {}
         for url in self.metrics_urls:
             try:
                 text = _get_text(url)
             except OSError:
                 continue
-            for kind, stage, value in BATCH_SIZE_RE.findall(text):
+            for match in self.batch_re.finditer(text):
+                stage, kind, value = match.groupdict().get("stage") or self.default_stage, match["kind"], match["value"]
                 total, count = out.get(stage, (0.0, 0.0))
                 out[stage] = (total + float(value), count) if kind == "sum" else (total, count + float(value))
         return out
@@ -86,10 +100,11 @@ def wait_ready(stack: Stack, path: str, timeout_s: float) -> None:
     while time.monotonic() < deadline:
         stack.supervisor.poll()
         try:
-            status, last = get_json(stack.url, path)
-            if status == 200:
+            status, body = _get(stack.url + path)
+            if status == 200:  # the status alone: BentoML's /readyz body is not JSON
                 return
-        except (OSError, ValueError) as exc:
+            last = f"{status} {body[:200].decode(errors='replace')}"
+        except OSError as exc:
             last = repr(exc)
         time.sleep(0.3)
     raise RuntimeError(
@@ -98,8 +113,14 @@ def wait_ready(stack: Stack, path: str, timeout_s: float) -> None:
 
 
 @contextmanager
-def digitflow_stack(var_dir: Path, env: Mapping[str, str], ready_timeout_s: float = 90.0) -> Iterator[Stack]:
-    """Redis + gateway + preprocess/inference/postprocess workers; ``env`` reaches every service."""
+def digitflow_stack(
+    var_dir: Path, env: Mapping[str, str], ready_timeout_s: float = 90.0, full: bool = False
+) -> Iterator[Stack]:
+    """Redis + gateway + preprocess/inference/postprocess workers; ``env`` reaches every service.
+
+    ``full``: everything ``make run`` (``digitflow run``) starts besides, the registry service
+    (after the same first-start bootstrap), the monitor, its beat, the training worker and Flower.
+    """
     port, gateway_port = free_port(), free_port()
     redis_url = f"redis://127.0.0.1:{port}/0"
     metrics_ports = (free_port(), free_port(), free_port())
@@ -109,10 +130,14 @@ def digitflow_stack(var_dir: Path, env: Mapping[str, str], ready_timeout_s: floa
         gateway_port=gateway_port,
         metrics_ports=metrics_ports,
         workers=WORKERS,
-        flower=False,
+        flower=full,
+        flower_port=free_port(),
         env=dict(env),
-        registry=False,  # the model registry is not on a job's path: not measured
+        registry=full,  # the model registry is not on a job's path: measured only as make run has it
+        monitoring=full,
     )
+    if full:
+        _bootstrap_registry(config)
     specs = [redis_spec(var_dir, port), *build_specs(config)]
     supervisor = Supervisor(specs, var_dir / "log", restart=False)
     try:
@@ -137,6 +162,43 @@ def monolith_stack(var_dir: Path, workers: int, threads: int, ready_timeout_s: f
         services = {name: run.proc.pid for name, run in supervisor.running.items()}
         stack = Stack(f"http://127.0.0.1:{port}", services, var_dir / "log", supervisor)
         wait_ready(stack, "/healthz", ready_timeout_s)
+        yield stack
+    finally:
+        supervisor.close()
+
+
+def _bootstrap_registry(config: StackConfig) -> None:
+    """What ``digitflow run`` does before starting: register the shipped models (its messages
+    go to stderr, stdout is the report)."""
+    from digitflow_cli.main import bootstrap_registry
+
+    with contextlib.redirect_stdout(sys.stderr):
+        bootstrap_registry(config)
+
+
+def bentoml_spec(python: Path, port: int, max_latency_ms: int, home: Path) -> ServiceSpec:
+    """``bentoml serve`` of the peer from its venv, one torch thread per worker (as the monolith).
+
+    ``home`` is its BENTOML_HOME (its Prometheus files, upload temp files), the run's own
+    directory rather than ``~/bentoml``, so no run sees another's files."""
+    argv = [str(python.parent / "bentoml"), "serve", "bench.bentoml_service:Digits", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--working-dir", str(CHECKOUT)]
+    env = {"OMP_NUM_THREADS": "1", "BENTOML_MAX_LATENCY_MS": str(max_latency_ms), "BENTOML_DO_NOT_TRACK": "True"}
+    return ServiceSpec("bentoml", argv, {**env, "BENTOML_HOME": str(home)})
+
+
+@contextmanager
+def bentoml_stack(var_dir: Path, python: Path, max_latency_ms: int, ready_timeout_s: float = 90.0) -> Iterator[Stack]:
+    """The peer under ``bentoml serve`` (its workers and adaptive batching, bench.bentoml_service)."""
+    port = free_port()
+    spec = bentoml_spec(python, port, max_latency_ms, var_dir / "bentoml-home")
+    supervisor = Supervisor([spec], var_dir / "log", restart=False)
+    try:
+        supervisor.start_all()
+        services = {name: run.proc.pid for name, run in supervisor.running.items()}
+        url = f"http://127.0.0.1:{port}"
+        stack = Stack(url, services, var_dir / "log", supervisor, [f"{url}/metrics"], BENTOML_BATCH_RE, "bentoml")
+        wait_ready(stack, "/readyz", ready_timeout_s)
         yield stack
     finally:
         supervisor.close()

@@ -31,21 +31,26 @@ from sqlalchemy import (
     Column,
     Float,
     Index,
+    Insert,
     Integer,
     LargeBinary,
     MetaData,
     SmallInteger,
     String,
     Table,
+    TextClause,
+    bindparam,
     case,
     create_engine,
     delete,
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, Row
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 metadata = MetaData()
 predictions = Table(
@@ -77,6 +82,31 @@ predictions = Table(
 SHADOW_SUFFIX = ":shadow"
 SCALARS = ("id", "at", "version", "label", "confidence", "calibrated", "outlier_score", "outlier")
 STATS = ("ink_ratio", "mean_intensity", "aspect")
+# Every column a row may carry (``id`` is the database's). The append statement is text, which
+# applies no column defaults: a row's missing nullable columns are NULL and scalar defaults
+# (``outlier`` False) are filled in here, as the Core insert did.
+ROW_COLUMNS = tuple(c for c in predictions.columns if c.name != "id")
+ROW_DEFAULTS: dict[str, Any] = {c.name: None for c in ROW_COLUMNS if c.nullable} | {
+    c.name: c.default.arg for c in ROW_COLUMNS if isinstance(c.default, ScalarElementColumnDefault)
+}
+
+
+def append_statement(engine: Engine) -> TextClause | Insert:
+    """The batch insert that skips already logged jobs, built once per log.
+
+    SQLAlchemy 2.0 cannot cache the dialects' ``insert().on_conflict_do_nothing()`` (they set
+    ``inherit_cache = False``), so that construct was compiled again on every batch, half of an
+    append's CPU. SQLite (3.24+) and PostgreSQL accept the same ``ON CONFLICT (job_id) DO
+    NOTHING``, and a text statement with typed binds is compiled once per engine and cached;
+    the binds keep the columns' types (LargeBinary, Boolean) as the Core insert did.
+    """
+    if engine.dialect.name not in ("sqlite", "postgresql"):
+        return predictions.insert()  # no portable ON CONFLICT: a redelivered job fails the batch
+    quote = engine.dialect.identifier_preparer.quote
+    names = ", ".join(quote(c.name) for c in ROW_COLUMNS)
+    binds = ", ".join(f":{c.name}" for c in ROW_COLUMNS)
+    sql = f"INSERT INTO {quote(predictions.name)} ({names}) VALUES ({binds}) ON CONFLICT ({quote('job_id')}) DO NOTHING"
+    return text(sql).bindparams(*(bindparam(c.name, type_=c.type) for c in ROW_COLUMNS))
 
 
 def make_engine(url: str) -> Engine:
@@ -104,29 +134,21 @@ class PredictionLog:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         metadata.create_all(self.engine, checkfirst=True)
+        self._append = append_statement(self.engine)
 
     def close(self) -> None:
         """Close the pooled connections (PostgreSQL's are sockets a server counts)."""
         self.engine.dispose()
 
-    def _insert(self) -> Any:
-        if self.engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            return pg_insert(predictions).on_conflict_do_nothing(index_elements=["job_id"])
-        if self.engine.dialect.name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            return sqlite_insert(predictions).on_conflict_do_nothing(index_elements=["job_id"])
-        return predictions.insert()
-
     def append(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Insert a batch of rows in one transaction (already logged jobs are skipped)."""
+        """Insert a batch of rows in one transaction (already logged jobs are skipped); any
+        error rolls the whole batch back. A row lacking a required column fails the batch."""
         if not rows:
             return 0
-        full = [{"at": time.time(), "outlier": False, **row} for row in rows]
+        defaults = {**ROW_DEFAULTS, "at": time.time()}
+        full = [{**defaults, **row} for row in rows]
         with self.engine.begin() as conn:
-            conn.execute(self._insert(), full)
+            conn.execute(self._append, full)
         return len(full)
 
     def get(self, job_id: str) -> Row[Any] | None:

@@ -3,9 +3,12 @@
 Written next to ``weights.safetensors`` when a version is trained (or by ``digitflow models
 calibrate`` for a shipped one) and read without torch (safetensors' numpy loader, no pickle):
 
-- the detector: class-conditional means of the 128-d penultimate features and the precision
-  matrix of their shared covariance (Mahalanobis); ``score = min_c (x - mu_c)^T P (x - mu_c)``,
-  flagged above ``threshold``, calibrated so that 95% of held-out real inputs pass;
+- the detector, named by ``meta["detector"]``: ``max-softmax`` (``score = 1 - max_c softmax(logits)_c``;
+  for versions trained with outlier exposure, which learn a flat softmax on non-digits) or
+  ``mahalanobis-tied-covariance`` (the default, for versions trained without it: class-conditional
+  means of the 128-d penultimate features and the precision matrix of their shared covariance,
+  ``score = min_c (x - mu_c)^T P (x - mu_c)``); either way flagged above ``threshold``, calibrated
+  on held-out and realistic inputs (``training_worker.calibrate``);
 - the reference distribution the monitor compares traffic with: predicted-class frequencies,
   a sample of max-probabilities, the input statistics (ink ratio, mean intensity, aspect) and a
   sample of penultimate embeddings (float16), all on held-out inputs;
@@ -26,6 +29,9 @@ from digitflow.model_files import METADATA_FILE, REFERENCE_FILE, record_referenc
 
 INPUT_STATS = ("ink_ratio", "mean_intensity", "aspect")
 ARRAYS = ("class_means", "precision", "class_freq", "maxprob", "embeddings", *INPUT_STATS)
+MAHALANOBIS = "mahalanobis-tied-covariance"
+MAX_SOFTMAX = "max-softmax"
+DETECTORS = (MAHALANOBIS, MAX_SOFTMAX)
 
 
 @dataclass
@@ -44,8 +50,25 @@ class Reference:
     aspect: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def scores(self, features: np.ndarray) -> np.ndarray:
-        """Mahalanobis outlier scores (N,) of (N, D) features: the distance to the nearest class."""
+    @property
+    def detector(self) -> str:
+        return str(self.meta.get("detector", MAHALANOBIS))
+
+    def scores(self, features: np.ndarray, logits: np.ndarray | None = None) -> np.ndarray:
+        """Outlier scores (N,) of (N, D) penultimate features and (N, K) logits, by this version's
+        detector; ``logits`` are required for ``max-softmax`` (ValueError without them)."""
+        if self.detector == MAX_SOFTMAX:
+            if logits is None:
+                raise ValueError("the max-softmax detector needs the logits")
+            z = np.asarray(logits, dtype=np.float64)
+            if len(z) == 0:
+                return np.zeros(0, dtype=np.float32)
+            z = z - z.max(axis=1, keepdims=True)
+            return (1.0 - 1.0 / np.exp(z).sum(axis=1)).astype(np.float32)
+        return self.mahalanobis(features)
+
+    def mahalanobis(self, features: np.ndarray) -> np.ndarray:
+        """Mahalanobis scores (N,) of (N, D) features: the distance to the nearest class mean."""
         feats = np.asarray(features, dtype=np.float32)
         if len(feats) == 0:
             return np.zeros(0, dtype=np.float32)
@@ -134,4 +157,6 @@ def load_reference(model_dir: Path) -> Reference | None:
     threshold, temperature = meta.pop("threshold", None), meta.pop("temperature", 1.0)
     if not isinstance(threshold, float | int):
         raise ValueError(f"{path}: no threshold")
+    if meta.get("detector", MAHALANOBIS) not in DETECTORS:
+        raise ValueError(f"{path}: unknown detector {meta.get('detector')!r} (known: {', '.join(DETECTORS)})")
     return Reference(**arrays, threshold=float(threshold), temperature=float(temperature), meta=meta)

@@ -14,6 +14,7 @@ from typing import Any
 from celery import Celery, Task, signals
 
 from digitflow import tracing
+from digitflow.celery_app import describe_batch, make_celery
 from digitflow.jobs import JobStore
 from digitflow.messages import Batch
 from digitflow.settings import WorkerSettings
@@ -39,7 +40,6 @@ def prepare_process(service: str, var_dir: Path) -> None:
 
 
 def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Celery:
-    from digitflow.celery_app import make_celery
     from digitflow.heartbeat import Heartbeat
     from digitflow.observability import setup_logging
     from digitflow.redis_client import connect
@@ -122,6 +122,10 @@ class ProcessResources:
 
 def forward(task: Task, batch: Batch) -> Batch:
     """Return ``batch`` as the chain's next message, or end the chain when no job is left."""
+    chain = task.request.chain
     if not batch["items"]:
         task.request.chain = None
+    elif chain and isinstance(chain[-1], dict):
+        # The next step's arguments as Flower shows them, so Celery need not saferepr the batch.
+        chain[-1].setdefault("options", {})["argsrepr"] = describe_batch(batch)
     return batch

@@ -34,8 +34,8 @@ from digitflow.settings import CoreSettings
 from digitflow.tasks import REGISTRY_PROMOTE, REGISTRY_ROLLBACK, REGISTRY_SYNC
 from digitflow_cli.registry_actions import registry_action, registry_callbacks
 
-EPOCHS = {"digits": 40, "fashion": 2}
-BATCH_SIZE = {"fashion": 128}
+EPOCHS = {"digits": 14, "fashion": 2}
+BATCH_SIZE = {"digits": 128, "fashion": 128}
 
 
 def _settings() -> CoreSettings:

@@ -24,12 +24,11 @@ from torch import Tensor
 from digitflow.errors import InvalidMessageError, ModelUnavailableError, ModelVersionInvalidError
 from digitflow.model_files import WEIGHTS_FILE, read_model_json
 from digitflow.reference import Reference, load_reference
-from digitnet.net import EMBEDDING_DIM, DigitNet
+from digitnet.net import ARCHITECTURES, EMBEDDING_DIM, DigitNet
 
 SIDE = 28
 PIXELS = SIDE * SIDE
 # Architectures a model.json may name, each built from its number of classes.
-ARCHITECTURES: dict[str, type[DigitNet]] = {"DigitNet": DigitNet}
 
 
 class LoadedModel:

@@ -36,16 +36,19 @@ class DigitNet(nn.Module):
     returns raw logits; apply softmax for probabilities.
     """
 
+    WIDTHS: tuple[int, int, int] = (32, 64, 128)
+
     def __init__(self, num_classes: int = 10, dropout: float = 0.3) -> None:
         super().__init__()
         self.num_classes = num_classes
+        w1, w2, w3 = self.WIDTHS
         self.features = nn.Sequential(
-            _block(1, 32, 5),  # 28 -> 14
-            _block(32, 64, 3),  # 14 -> 7
-            _block(64, 128, 3),  # 7 -> 3
+            _block(1, w1, 5),  # 28 -> 14
+            _block(w1, w2, 3),  # 14 -> 7
+            _block(w2, w3, 3),  # 7 -> 3
         )
         self.dropout = nn.Dropout(dropout)
-        self.fc1 = nn.Linear(128 * 3 * 3, EMBEDDING_DIM)
+        self.fc1 = nn.Linear(w3 * 3 * 3, EMBEDDING_DIM)
         self.fc2 = nn.Linear(EMBEDDING_DIM, num_classes)
 
     def penultimate(self, x: Tensor) -> Tensor:
@@ -74,3 +77,13 @@ class DigitNet(nn.Module):
                 block[0] = fuse_conv_bn_eval(conv, bn)
                 block[1] = nn.Identity()
         return self
+
+
+class DigitNetWide(DigitNet):
+    """DigitNet with 1.5x the channels (48, 96, 192; about 0.45 M parameters, ~18 M multiply-adds):
+    the capacity to read photos, canvas exports, scans and outlined strokes as well as MNIST."""
+
+    WIDTHS = (48, 96, 192)
+
+
+ARCHITECTURES: dict[str, type[DigitNet]] = {"DigitNet": DigitNet, "DigitNetWide": DigitNetWide}

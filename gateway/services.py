@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import redis
-from celery import Celery, chain
+from celery import Celery
 from flask import current_app, has_request_context, request
 
-from digitflow.celery_app import make_celery
+from digitflow.celery_app import describe_batch, hop_options, make_celery
 from digitflow.errors import DeadlineExceededError, DigitflowError, OverloadedError, ServiceUnavailableError
 from digitflow.heartbeat import live_processes
 from digitflow.jobs import JobStore
@@ -77,15 +77,21 @@ class GatewayServices:
         by_queue: dict[str, list[Item]] = {}
         for item in items:
             by_queue.setdefault(inference_queue(item["model"], self.settings.dedicated_model_queues), []).append(item)
-        sig = self.celery.signature
         for i, (queue, group) in enumerate(sorted(by_queue.items())):
             batch = make_batch(batch_id if len(by_queue) == 1 else f"{batch_id}.{i}", group)
-            chain(
-                sig(PREPROCESS, args=(batch,), queue=QUEUE_OF_STAGE["preprocess"]),
-                sig(INFERENCE, queue=queue),
-                sig(POSTPROCESS, queue=QUEUE_OF_STAGE["postprocess"]),
-            ).apply_async()
+            # The chain preprocess -> inference -> postprocess as one message whose embedded
+            # ``chain`` (next step last) the workers pop; what ``chain(...).apply_async()`` sends,
+            # without building and freezing three signatures per batch.
+            options = {**hop_options(QUEUE_OF_STAGE["preprocess"]), "argsrepr": describe_batch(batch)}
+            self.celery.send_task(PREPROCESS, args=(batch,), chain=self._chain_after_preprocess(queue), **options)
         self._forget_sent(items)
+
+    def _chain_after_preprocess(self, inference_queue_name: str) -> list[dict[str, object]]:
+        sig = self.celery.signature
+        return [
+            dict(sig(POSTPROCESS, **hop_options(QUEUE_OF_STAGE["postprocess"]))),
+            dict(sig(INFERENCE, **hop_options(inference_queue_name))),
+        ]
 
     def _forget_sent(self, items: list[Item]) -> None:
         try:

@@ -63,7 +63,7 @@ def run_shadow(release: dict[str, Any], name: str, served: list[Item], cache: Mo
         count_release(cache.redis, name, version, 0, len(served))
         return
     ref = model.reference
-    scores = ref.scores(feats) if ref is not None else None
+    scores = ref.scores(feats, logits) if ref is not None else None
     for row, item in enumerate(served):
         shadow: dict[str, Any] = {
             "version": version,
@@ -126,7 +126,7 @@ def infer_items(items: Sequence[Item], cache: ModelCache) -> list[Item | Digitfl
         if release is not None:
             count_release(cache.redis, name, str(model.version), len(idx), 0)
         ref = model.reference
-        scores = ref.scores(feats) if ref is not None else None
+        scores = ref.scores(feats, logits) if ref is not None else None
         for row, i in enumerate(idx):
             result: Item = {
                 "job_id": items[i]["job_id"],

@@ -1,7 +1,8 @@
 """The data sets a model can be trained on: images, labels, input profile and a fixed held-out split.
 
 ``digits``: the 5,000 real MNIST digits shipped in ``training_worker/data/mnist_5k.npz`` (its fixed, stratified
-1,000 held-out digits are never trained on), augmented as photos and canvas drawings look.
+1,000 held-out digits are never trained on), plus digits rendered as uploads are made (training-only
+fonts, and the 4,000 training digits as photos, canvas exports, scans and outlined strokes), augmented.
 ``fashion``: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (60,000 training
 images; the 10,000 test images are the held-out split), not augmented. Each data set names the
 input profile its images follow, so preprocessing at serving time matches training.
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from digitflow.model_files import DIGITS_PROFILE, FASHION_PROFILE
+from training_worker.populations import FONT_DIGITS_FILE, UPLOAD_DIGITS_FILE, font_digits, upload_digits
 from training_worker.settings import BASE_DATA_FILE, TrainingSettings, shipped_data_dir
 
 FASHION_DIR = TrainingSettings.fashion_mnist_dir
@@ -48,6 +50,8 @@ class Dataset:
     y_held: np.ndarray
     sha256: str
     augment: bool
+    # Non-digit images the trainer pushes towards a uniform softmax (outlier exposure); may be empty.
+    x_outlier: np.ndarray = field(default_factory=lambda: np.zeros((0, 28, 28), np.uint8))
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -79,20 +83,28 @@ def load_mnist_5k(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray,
 
 
 def digits(data_dir: Path | None = None) -> Dataset:
-    path = (data_dir or shipped_data_dir()) / BASE_DATA_FILE
+    """MNIST's 4,000 training digits plus the same kind of digits as users upload them (the
+    training-only fonts of ``font_digits.npz`` and the training digits rendered as uploads in
+    ``upload_digits.npz``, both preprocessed) and its non-digits for outlier exposure; held out:
+    the base data set's fixed 1,000 digits, never rendered into any training file."""
+    root = data_dir or shipped_data_dir()
     images, labels, heldout = load_mnist_5k(data_dir)
     train = np.ones(len(labels), dtype=bool)
     train[heldout] = False
+    x_font, y_font = font_digits(data_dir)
+    x_up, y_up, x_non = upload_digits(data_dir)
+    files = [root / name for name in (BASE_DATA_FILE, FONT_DIGITS_FILE, UPLOAD_DIGITS_FILE)]
     return Dataset(
-        "mnist_5k.npz",
+        "mnist_5k.npz+font_digits.npz+upload_digits.npz",
         DIGITS_PROFILE,
         DIGIT_LABELS,
-        images[train],
-        labels[train].astype(np.int64),
+        np.concatenate([images[train], x_font, x_up]),
+        np.concatenate([labels[train].astype(np.int64), y_font, y_up]),
         images[heldout],
         labels[heldout].astype(np.int64),
-        sha256_files([path]),
+        sha256_files([p for p in files if p.is_file()]),
         augment=True,
+        x_outlier=x_non,
     )
 
 

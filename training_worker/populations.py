@@ -19,6 +19,7 @@ from training_worker.settings import shipped_data_dir
 
 REGRESSION_FILE = "regression_suites.npz"
 FONT_DIGITS_FILE = "font_digits.npz"
+UPLOAD_DIGITS_FILE = "upload_digits.npz"
 POPULATIONS = ("photos", "canvases", "lowres_scans", "hollow")
 
 
@@ -44,6 +45,21 @@ def font_digits(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
     with np.load(path, allow_pickle=False) as data:
         return data["images"], data["labels"].astype(np.int64)
+
+
+def upload_digits(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(digit images uint8 (N, 28, 28), labels int64 (N,), non-digit images uint8 (M, 28, 28)) of
+    ``upload_digits.npz``: the base data set's training digits rendered as photos, canvas exports,
+    low-resolution scans and outlined strokes, and non-digits of the training-only fonts and random
+    strokes, preprocessed (``python -m bench.make_upload_digits``). Empty arrays when absent."""
+    path = Path(data_dir or shipped_data_dir()) / UPLOAD_DIGITS_FILE
+    if not path.is_file():
+        path = shipped_data_dir() / UPLOAD_DIGITS_FILE
+    if not path.is_file():
+        empty = np.zeros((0, 28, 28), np.uint8)
+        return empty, np.zeros(0, np.int64), empty
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"].astype(np.int64), data["nondigits"]
 
 
 def realistic_uploads(data_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

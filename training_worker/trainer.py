@@ -35,7 +35,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from digitflow.model_files import METADATA_FILE, WEIGHTS_FILE, sha256_file
-from digitnet.net import DigitNet
+from digitnet.net import ARCHITECTURES, DigitNet
 from training_worker.augment import AugmentConfig, augment
 from training_worker.datasets import Dataset, load_dataset, read_idx
 from training_worker.settings import TrainingSettings
@@ -84,9 +84,15 @@ def train(
     label_smoothing: float,
     aug: AugmentConfig | None,
     on_batch: Callable[[int, int, float], None] | None = None,
+    outliers: Tensor | None = None,
+    outlier_weight: float = 0.5,
 ) -> float:
     """Run one epoch over a seeded shuffle, augmenting each batch (unless ``aug`` is None);
-    return the mean training loss. ``on_batch(done, total, loss)`` reports progress."""
+    return the mean training loss. ``on_batch(done, total, loss)`` reports progress.
+
+    ``outliers``: non-digit images; each batch gets a quarter as many of them, whose loss is the
+    cross-entropy to the uniform distribution (outlier exposure, Hendrycks et al. 2019), so the
+    network learns features on which non-digits do not look like any class."""
     model.train()
     order = torch.randperm(len(images), generator=gen)
     total, seen = 0.0, 0
@@ -94,10 +100,18 @@ def train(
     # drop the ragged last batch: BatchNorm statistics from a handful of images are noise.
     for start in range(0, len(order) - batch_size + 1, batch_size):
         idx = order[start : start + batch_size]
-        x = images[idx] if aug is None else augment(images[idx], gen, aug)
+        x = images[idx]
+        n_out = 0
+        if outliers is not None and len(outliers):
+            n_out = batch_size // 4
+            x = torch.cat([x, outliers[torch.randint(len(outliers), (n_out,), generator=gen)]])
+        x = x if aug is None else augment(x, gen, aug)
         x = x.contiguous(memory_format=torch.channels_last)
         optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), labels[idx], label_smoothing=label_smoothing)
+        logits = model(x)
+        loss = F.cross_entropy(logits[: len(idx)], labels[idx], label_smoothing=label_smoothing)
+        if n_out:
+            loss = loss - outlier_weight * F.log_softmax(logits[len(idx) :], dim=1).mean()
         loss.backward()
         optimizer.step()
         scheduler.step()
@@ -159,7 +173,7 @@ def write_model_dir(out: Path, model: DigitNet, meta: dict[str, Any]) -> dict[st
     # .contiguous(): channels_last weights are not contiguous in NCHW order, which safetensors needs.
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS_FILE
-    _atomic_write(weights, lambda p: save_file(state, str(p), metadata={"architecture": "DigitNet"}))
+    _atomic_write(weights, lambda p: save_file(state, str(p), metadata={"architecture": type(model).__name__}))
     meta = {**meta, "weights_sha256": sha256_file(weights)}
     _atomic_write(out / METADATA_FILE, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
     return meta
@@ -172,13 +186,15 @@ def _progress(epoch: int, epochs: int, width: int = 20) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 64
+    epochs: int = 14
+    batch_size: int = 128
     lr: float = 4e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.05
     seed: int = 0
     threads: int = 2
+    outlier_weight: float = 0.5
+    architecture: str = "DigitNetWide"
 
 
 def fit(
@@ -203,21 +219,40 @@ def fit(
         x_np, y_np = np.concatenate([x_np, extra[0]]), np.concatenate([y_np, extra[1]])
     x_train, y_train = to_tensor(x_np), torch.from_numpy(y_np.astype(np.int64))
     x_held, y_held = to_tensor(ds.x_held), torch.from_numpy(ds.y_held.astype(np.int64))
+    x_out = to_tensor(ds.x_outlier) if len(ds.x_outlier) else None
 
-    model = DigitNet(num_classes=len(ds.labels))
+    model = ARCHITECTURES[cfg.architecture](num_classes=len(ds.labels))
     if init is not None:
         model.load_state_dict(init, strict=True)
     model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * (len(x_train) // cfg.batch_size)
-    log.info("training %s on %d images, holding out %d, %d epochs", ds.name, len(x_train), len(x_held), cfg.epochs)
+    log.info(
+        "training %s on %d images (%d non-digits for outlier exposure), holding out %d, %d epochs",
+        ds.name,
+        len(x_train),
+        len(ds.x_outlier),
+        len(x_held),
+        cfg.epochs,
+    )
     started = time.perf_counter()
     if steps > 0:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=steps)
         for epoch in range(1, cfg.epochs + 1):
             report = None if on_batch is None else (lambda d, t, loss, e=epoch: on_batch(e, d, t, loss))
             loss = train(
-                model, x_train, y_train, optimizer, scheduler, gen, cfg.batch_size, cfg.label_smoothing, aug, report
+                model,
+                x_train,
+                y_train,
+                optimizer,
+                scheduler,
+                gen,
+                cfg.batch_size,
+                cfg.label_smoothing,
+                aug,
+                report,
+                x_out,
+                cfg.outlier_weight,
             )
             # Reported only: the shipped model is the last epoch's, never one picked by held-out score.
             acc, _ = evaluate(model, x_held, y_held)
@@ -246,6 +281,7 @@ def fit(
         code_version=code_version(),
         git_commit=git_commit(),
         torch_version=torch.__version__,
+        architecture=type(model).__name__,
         epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
@@ -253,6 +289,7 @@ def fit(
         optimizer=f"AdamW(wd={cfg.weight_decay}) + OneCycleLR(max_lr={cfg.lr})",
         label_smoothing=cfg.label_smoothing,
         augment=asdict(aug) if aug else None,
+        outlier_exposure={"n": len(ds.x_outlier), "weight": cfg.outlier_weight} if len(ds.x_outlier) else None,
         train_seconds=round(train_seconds, 1),
     )
     model.eval()
@@ -265,7 +302,7 @@ def model_metadata(
     return {
         "name": name,
         "version": version,
-        "architecture": "DigitNet",
+        "architecture": metrics.get("architecture", "DigitNet"),
         "input_profile": ds.profile,
         "labels": ds.labels,
         "metrics": {**metrics, "confusion": confusion.tolist()},
@@ -287,6 +324,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=int, default=defaults.threads)
+    p.add_argument("--outlier-weight", type=float, default=defaults.outlier_weight, help="0 turns outlier exposure off")
+    p.add_argument("--architecture", default=defaults.architecture, choices=sorted(ARCHITECTURES))
     return p.parse_args(argv)
 
 
@@ -300,7 +339,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         extra = drop_overlap(*load_mnist_idx(args.mnist_root), exclude=ds.x_held)
         log.info("adding %d MNIST training digits from %s", len(extra[1]), args.mnist_root)
     cfg = TrainConfig(
-        args.epochs, args.batch_size, args.lr, args.weight_decay, args.label_smoothing, args.seed, args.threads
+        args.epochs,
+        args.batch_size,
+        args.lr,
+        args.weight_decay,
+        args.label_smoothing,
+        args.seed,
+        args.threads,
+        args.outlier_weight,
+        args.architecture,
     )
     model, metrics, confusion = fit(ds, cfg, extra)
     meta = write_model_dir(

@@ -32,7 +32,7 @@ from tests.integration.test_pipeline import heldout_digits, paper_photo
 from tests.model_dirs import SHIPPED, copy_of
 from tests.stacks import Stack, start_stack
 from training_worker.settings import TrainingSettings
-from training_worker.suites import evaluate_suites, suite_gate, suites
+from training_worker.suites import GATE_POPULATIONS, evaluate_suites, suite_gate, suites
 from training_worker.tasks import registry_service
 
 pytestmark = pytest.mark.slow
@@ -197,7 +197,7 @@ def test_a_released_retrain_runs_in_shadow_and_is_promoted_automatically(stack: 
     production = load_model(SHIPPED / "digits" / "1", device="cpu").net
     candidate = load_model(tmp_path / "v4", device="cpu").net
     record = suite_gate(evaluate_suites(candidate, fixed), evaluate_suites(production, fixed), 0.01)
-    assert record["passed"] and set(record["suites"]) == {"mnist_heldout", "mnist_heldout_augmented"}
+    assert record["passed"] and set(record["suites"]) == {"mnist_heldout", "mnist_heldout_augmented", *GATE_POPULATIONS}
     settings = TrainingSettings(redis_url=stack.config.redis_url, canary_mode="shadow", heartbeat_ttl_s=3.0)
     release, _ = registry_service(make_celery("test-trainer", settings), settings)
     answer = release("digits", version, record)

@@ -18,6 +18,7 @@ import pytest
 import redis
 import requests
 
+from digitflow.settings import shipped_models_dir
 from tests.conftest import RedisServer
 from tests.integration.models_support import (
     ADMIN_TOKEN,
@@ -59,7 +60,8 @@ def test_first_start_registers_the_shipped_models_as_production(stack: Stack) ->
     models = {m["name"]: m for m in requests.get(f"{stack.base_url}/v1/models", timeout=5).json()["models"]}
     assert models["digits"]["production"] == "1" and models["fashion"]["production"] == "1"
     assert models["digits"]["input_profile"] == "digits-mnist" and models["fashion"]["input_profile"] == "fashion-mnist"
-    assert models["digits"]["metrics"]["heldout_accuracy"] == pytest.approx(0.99)
+    shipped = json.loads((shipped_models_dir() / "digits" / "1" / "model.json").read_text(encoding="utf-8"))
+    assert models["digits"]["metrics"]["heldout_accuracy"] == pytest.approx(shipped["metrics"]["heldout_accuracy"])
     detail = requests.get(f"{stack.base_url}/v1/models/fashion", timeout=5).json()
     version = detail["versions"][0]
     assert version["labels"][7] == "Sneaker" and version["dataset"] == "fashion-mnist" and version["dataset_sha256"]

@@ -33,6 +33,7 @@ from tests.conftest import RedisServer, create_postgres_database, drop_postgres_
 from tests.integration.models_support import ROOT, store_of, submit_with, wait_for_registry
 from tests.stacks import Stack, start_stack
 from training_worker.datasets import load_mnist_5k
+from training_worker.suites import GATE_POPULATIONS
 
 pytestmark = pytest.mark.slow
 ENV = {
@@ -164,6 +165,7 @@ def test_drift_is_detected_exported_and_retrained_away(stack: Stack, database: s
     assert outcome["suites"]["passed"] and set(outcome["suites"]["suites"]) == {
         "mnist_heldout",
         "mnist_heldout_augmented",
+        *GATE_POPULATIONS,
     }
     canary = stack.session.get(f"{stack.base_url}/v1/models/digits/canary", timeout=10).json()
     assert canary["production"] == "1" and canary["canary"]["version"] == "2", canary

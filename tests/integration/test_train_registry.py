@@ -61,7 +61,11 @@ def test_train_register_and_promote_only_when_better(redis_url: str, redis_clien
     record = entry["versions"]["2"]
     assert record["input_profile"] == "digits-mnist" and record["labels"] == [str(d) for d in range(10)]
     assert record["metrics"]["heldout_accuracy"] == trained["heldout_accuracy"]
-    assert record["dataset"] == "mnist_5k.npz" and len(record["dataset_sha256"]) == 64 and record["code_version"]
+    assert (
+        record["dataset"] == "mnist_5k.npz+font_digits.npz+upload_digits.npz"
+        and len(record["dataset_sha256"]) == 64
+        and record["code_version"]
+    )
     run = store.client.get_run(trained["run_id"])
     assert run.data.params["epochs"] == "1" and run.data.metrics["heldout_accuracy"] == trained["heldout_accuracy"]
     artifacts = {a.path for a in store.client.list_artifacts(trained["run_id"])}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from digitflow.errors import ConfigurationError
-from digitflow.reference import fit_detector, load_reference
+from digitflow.reference import MAHALANOBIS, MAX_SOFTMAX, fit_detector, load_reference, save_reference
 from digitflow.settings import CoreSettings, MonitorSettings, shipped_models_dir
 from postprocess_worker.steps import apply_detector, log_row, summarize
 from training_worker.retrain import gate
@@ -33,9 +33,34 @@ def test_mahalanobis_detector_flags_points_far_from_every_class() -> None:
     ref = load_reference(shipped_models_dir() / "digits" / "1")
     assert ref is not None
     ref.class_means, ref.precision = means, precision
-    near = ref.scores(np.array([[0.0] * 8, [5.0] * 8]))
-    far = ref.scores(np.array([[40.0] * 8]))
+    near = ref.mahalanobis(np.array([[0.0] * 8, [5.0] * 8]))
+    far = ref.mahalanobis(np.array([[40.0] * 8]))
     assert near.max() < 30 and far[0] > 1000
+    ref.meta["detector"] = MAHALANOBIS
+    assert np.array_equal(ref.scores(np.array([[40.0] * 8])), far)
+
+
+def test_max_softmax_detector_scores_flat_softmax_high_and_needs_logits() -> None:
+    ref = load_reference(shipped_models_dir() / "digits" / "1")
+    assert ref is not None
+    ref.meta["detector"] = MAX_SOFTMAX
+    logits = np.array([[12.0] + [0.0] * 9, [0.1] * 10, [3.0, 2.9] + [0.0] * 8])
+    scores = ref.scores(np.zeros((3, 128)), logits)
+    assert scores[0] < 0.001 and abs(scores[1] - 0.9) < 1e-6 and 0.5 < scores[2] < 0.6
+    with pytest.raises(ValueError, match="needs the logits"):
+        ref.scores(np.zeros((3, 128)))
+
+
+def test_a_reference_naming_an_unknown_detector_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(shipped_models_dir() / "digits" / "1", tmp_path / "v")
+    ref = load_reference(tmp_path / "v")
+    assert ref is not None
+    ref.meta["detector"] = "crystal-ball"
+    save_reference(tmp_path / "v", ref)
+    with pytest.raises(ValueError, match="unknown detector 'crystal-ball'"):
+        load_reference(tmp_path / "v")
 
 
 def test_detector_replaces_low_confidence_signal_and_reject_policy_drops_the_label() -> None:
