@@ -7,11 +7,13 @@ Fixtures and helpers come from ``test_web``; screenshots land in ``tests/artifac
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
+from digitflow.settings import shipped_models_dir
 from tests.e2e import test_web
 from tests.e2e.test_web import Pages, screenshot
 from tests.integration.models_support import ADMIN_TOKEN, production, store_of, sync_view
@@ -54,7 +56,8 @@ def test_every_model_is_listed_with_production_marked(pages: Pages) -> None:
     row = digits.locator('tr[data-version="1"]')
     expect(row).to_have_class(re.compile(r"\bis-production\b"))
     expect(row.locator(".aliases .badge")).to_have_text("production")
-    expect(row).to_contain_text("99.0%")
+    shipped = json.loads((shipped_models_dir() / "digits" / "1" / "model.json").read_text(encoding="utf-8"))
+    expect(row).to_contain_text(f"{100 * shipped['metrics']['heldout_accuracy']:.1f}%")  # 99.3%
     expect(fashion.locator('tr[data-version="1"]')).to_contain_text("90.8%")
     expect(digits).to_contain_text("digits-mnist")
     expect(fashion).to_contain_text("fashion-mnist")

@@ -184,11 +184,11 @@ def test_the_image_installs_and_its_command_starts_from_another_directory(
         assert where.returncode == 0 and str(tmp_path / "venv") in where.stdout, where.stdout + where.stderr
         if stage == "training":
             load = "from training_worker.datasets import load_dataset\nd = load_dataset('digits')\n"
-            load += "print(len(d.y_train), len(d.y_held))"
+            load += "print(len(d.y_train), len(d.y_held), len(d.x_outlier))"
             got = subprocess.run(
                 [str(bin_dir / "python"), "-c", load], cwd=elsewhere, env=env, capture_output=True, text=True
             )
-            assert got.returncode == 0 and got.stdout.split() == ["4000", "1000"], got.stderr[-2000:]
+            assert got.returncode == 0 and got.stdout.split() == ["15643", "1000", "2097"], got.stderr[-2000:]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, 15)
