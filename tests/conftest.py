@@ -13,11 +13,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from digitflow_cli.supervisor import free_port, redis_argv, wait_for_redis
+
+if TYPE_CHECKING:
+    from digitflow.predlog import PredictionLog
 
 
 @dataclass
@@ -97,6 +101,16 @@ def prediction_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterato
         pytest.skip(f"no PostgreSQL (or no psycopg) at {POSTGRES_ADMIN_URL}")
     yield url
     drop_postgres_database(url)
+
+
+@pytest.fixture
+def prediction_log(prediction_db_url: str) -> Iterator[PredictionLog]:
+    """A PredictionLog on each of ``prediction_db_url``'s databases, closed afterwards."""
+    from digitflow.predlog import PredictionLog  # SQLAlchemy only for the tests that use it
+
+    log = PredictionLog(prediction_db_url)
+    yield log
+    log.close()
 
 
 def create_postgres_database() -> str | None:

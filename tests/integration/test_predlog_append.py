@@ -3,7 +3,6 @@ column, fails whole, skips redelivered jobs (in the batch too) and reuses its co
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,13 +12,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from digitflow.predlog import PredictionLog, predictions
 
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def log(prediction_db_url: str) -> Iterator[PredictionLog]:
-    log = PredictionLog(prediction_db_url)
-    yield log
-    log.close()
 
 
 def full_row(job: str, **extra: Any) -> dict[str, Any]:
@@ -45,62 +37,62 @@ def full_row(job: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def count(log: PredictionLog) -> int:
-    with log.engine.connect() as conn:
+def count(prediction_log: PredictionLog) -> int:
+    with prediction_log.engine.connect() as conn:
         return int(conn.execute(select(func.count()).select_from(predictions)).scalar_one())
 
 
-def test_a_batch_lands_with_every_column(log: PredictionLog) -> None:
+def test_a_batch_lands_with_every_column(prediction_log: PredictionLog) -> None:
     rows = [full_row(f"job{i}", label=i, confidence=i / 10) for i in range(5)]
-    assert log.append(rows) == 5
+    assert prediction_log.append(rows) == 5
     for i, sent in enumerate(rows):
-        got = log.get(f"job{i}")
+        got = prediction_log.get(f"job{i}")
         assert got is not None
         stored = {k: v for k, v in got._mapping.items() if k != "id"}
         assert stored == sent
         assert isinstance(got.pixels, bytes) and got.outlier is True
 
 
-def test_missing_optional_columns_get_the_defaults(log: PredictionLog) -> None:
+def test_missing_optional_columns_get_the_defaults(prediction_log: PredictionLog) -> None:
     required = ("job_id", "model", "version", "label", "classes", "confidence")
     sparse = {k: v for k, v in full_row("sparse").items() if k in required}
-    log.append([sparse])
-    got = log.get("sparse")
+    prediction_log.append([sparse])
+    got = prediction_log.get("sparse")
     assert got is not None and got.outlier is False and got.at > T0
     assert got.calibrated is None and got.pixels is None and got.true_label is None and got.feedback_at is None
 
 
-def test_redelivered_jobs_are_skipped_within_and_across_batches(log: PredictionLog) -> None:
-    log.append([full_row("a"), full_row("a", label=1), full_row("b")])
-    log.append([full_row("b", label=2), full_row("c")])
-    assert count(log) == 3
-    a, b = log.get("a"), log.get("b")
+def test_redelivered_jobs_are_skipped_within_and_across_batches(prediction_log: PredictionLog) -> None:
+    prediction_log.append([full_row("a"), full_row("a", label=1), full_row("b")])
+    prediction_log.append([full_row("b", label=2), full_row("c")])
+    assert count(prediction_log) == 3
+    a, b = prediction_log.get("a"), prediction_log.get("b")
     assert a is not None and a.label == 4 and b is not None and b.label == 4
 
 
 @pytest.mark.parametrize("bad", [{"model": None}, {"label": "missing"}])
-def test_a_failing_row_rolls_back_the_whole_batch(log: PredictionLog, bad: dict[str, Any]) -> None:
-    log.append([full_row("kept")])
+def test_a_failing_row_rolls_back_the_whole_batch(prediction_log: PredictionLog, bad: dict[str, Any]) -> None:
+    prediction_log.append([full_row("kept")])
     broken = full_row("broken", **bad)
     if bad.get("label") == "missing":
         del broken["label"]
     with pytest.raises(SQLAlchemyError):
-        log.append([full_row("first"), full_row("second"), broken, full_row("last")])
-    assert count(log) == 1 and log.get("first") is None and log.get("last") is None
-    assert log.append([full_row("after")]) == 1 and count(log) == 2  # the log still works
+        prediction_log.append([full_row("first"), full_row("second"), broken, full_row("last")])
+    assert count(prediction_log) == 1 and prediction_log.get("first") is None and prediction_log.get("last") is None
+    assert prediction_log.append([full_row("after")]) == 1 and count(prediction_log) == 2  # the log still works
 
 
-def test_the_insert_is_compiled_once(log: PredictionLog) -> None:
+def test_the_insert_is_compiled_once(prediction_log: PredictionLog) -> None:
     hits: list[bool] = []
 
-    @event.listens_for(log.engine, "before_cursor_execute")
+    @event.listens_for(prediction_log.engine, "before_cursor_execute")
     def _seen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
         if statement.lstrip().upper().startswith("INSERT"):
             hits.append(context.cache_hit == context.dialect.CACHE_HIT)
 
     for i in range(3):
-        log.append([full_row(f"j{i}")])
+        prediction_log.append([full_row(f"j{i}")])
     for i in range(3):
-        log.append([full_row(f"k{i}"), full_row(f"l{i}")])
+        prediction_log.append([full_row(f"k{i}"), full_row(f"l{i}")])
     # One compile for a single row and one for executemany, then every batch reuses them.
     assert hits == [False, True, True, False, True, True]
