@@ -9,6 +9,8 @@ a transparent canvas is read from its alpha channel alone, and opaque pictures s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
 
 import numpy as np
@@ -26,13 +28,12 @@ _TRANSPARENT = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def decode_array(data: bytes, max_pixels: int, work_size: int = 256) -> np.ndarray:
-    """Decode an upload into a uint8 ink map (ink bright, background dark), upright per EXIF,
-    at most ``work_size`` pixels on its long side.
-
-    Raises what :func:`~digitflow.images.inspect_image` raises, and InvalidImageError when the
-    pixel data turns out corrupt or truncated while decoding.
-    """
+@contextmanager
+def opened_upload(data: bytes, max_pixels: int, work_size: int) -> Iterator[Image.Image]:
+    """The upload, checked by :func:`~digitflow.images.inspect_image` (which raises what it
+    raises) and decoded; whatever fails inside the block, in the decoder or in the caller's
+    image code, is an InvalidImageError (decoders fail on hostile data in many ways; all mean
+    "corrupt"). A JPEG is decoded at a reduced scale near ``work_size``."""
     info = inspect_image(data, max_pixels)
     try:
         with pillow_guard(), Image.open(BytesIO(data), formats=[info.format]) as opened:
@@ -41,21 +42,32 @@ def decode_array(data: bytes, max_pixels: int, work_size: int = 256) -> np.ndarr
                 # of a phone photo never happens.
                 opened.draft("L", (work_size, work_size))
             opened.load()
-            orientation = _orientation(opened)
-            # Shrink before turning upright: the EXIF rotation then moves few pixels.
-            img = working_mode(opened)
-            if img.mode != "RGBA":
-                grey = np.asarray(_upright(shrink(img, work_size), orientation))
-                return _ink_bright(grey, histogram(grey))
-            # A canvas with a transparent background is its alpha channel: shrunk alone, it is
-            # the same channel the whole RGBA image's resize gives, at a quarter of the work.
-            alpha = np.asarray(_upright(shrink(img.getchannel("A"), work_size), orientation))
-            counts = histogram(alpha)
-            if counts[:32].sum() > _ALPHA_SHARE * alpha.size and counts[128:].sum() <= _CUT_OUT * alpha.size:
-                return alpha
-            rgba = np.asarray(_upright(shrink(img, work_size), orientation), dtype=np.float32)
-    except Exception as exc:  # decoders fail on hostile data in many ways; all mean "corrupt"
+            yield opened
+    except Exception as exc:
         raise InvalidImageError("The image data is corrupt or truncated.", format=info.format) from exc
+
+
+def decode_array(data: bytes, max_pixels: int, work_size: int = 256) -> np.ndarray:
+    """Decode an upload into a uint8 ink map (ink bright, background dark), upright per EXIF,
+    at most ``work_size`` pixels on its long side.
+
+    Raises what :func:`~digitflow.images.inspect_image` raises, and InvalidImageError when the
+    pixel data turns out corrupt or truncated while decoding.
+    """
+    with opened_upload(data, max_pixels, work_size) as opened:
+        orientation = _orientation(opened)
+        # Shrink before turning upright: the EXIF rotation then moves few pixels.
+        img = working_mode(opened)
+        if img.mode != "RGBA":
+            grey = np.asarray(_upright(shrink(img, work_size), orientation))
+            return _ink_bright(grey, histogram(grey))
+        # A canvas with a transparent background is its alpha channel: shrunk alone, it is
+        # the same channel the whole RGBA image's resize gives, at a quarter of the work.
+        alpha = np.asarray(_upright(shrink(img.getchannel("A"), work_size), orientation))
+        counts = histogram(alpha)
+        if counts[:32].sum() > _ALPHA_SHARE * alpha.size and counts[128:].sum() <= _CUT_OUT * alpha.size:
+            return alpha
+        rgba = np.asarray(_upright(shrink(img, work_size), orientation), dtype=np.float32)
     if counts[:32].sum() > _ALPHA_SHARE * alpha.size:
         return to_uint8(_alpha_ink(rgba))
     opacity = rgba[..., 3:] / 255.0

@@ -9,13 +9,11 @@ centred on black.
 
 from __future__ import annotations
 
-from io import BytesIO
-
 import numpy as np
 from PIL import Image, ImageOps
 
-from digitflow.errors import InvalidImageError, NoInkError
-from digitflow.images import inspect_image, pillow_guard
+from digitflow.errors import NoInkError
+from preprocess_worker.decoding import opened_upload
 
 SIDE = 28
 _MIN_CONTRAST = 24.0  # on 0..255: a flatter picture shows nothing to classify
@@ -42,22 +40,15 @@ def preprocess_fashion(data: bytes, max_pixels: int) -> bytes:
 
 def decode_gray(data: bytes, max_pixels: int, work_size: int = 112) -> Image.Image:
     """Decode to an upright 8-bit grey image of at most ``work_size`` px on its long side."""
-    info = inspect_image(data, max_pixels)
-    try:
-        with pillow_guard(), Image.open(BytesIO(data), formats=[info.format]) as opened:
-            if info.format == "JPEG":
-                opened.draft("L", (work_size, work_size))
-            opened.load()
-            img = ImageOps.exif_transpose(opened)
-            if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-                rgba = img.convert("RGBA")
-                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(white, rgba)
-            img = img.convert("L") if img.mode in ("L", "RGB", "RGBA", "P", "1") else img.convert("RGB").convert("L")
-            img.thumbnail((work_size, work_size), Image.Resampling.BOX)
-            return img
-    except Exception as exc:  # decoders fail on hostile data in many ways; all mean "corrupt"
-        raise InvalidImageError("The image data is corrupt or truncated.", format=info.format) from exc
+    with opened_upload(data, max_pixels, work_size) as opened:
+        img = ImageOps.exif_transpose(opened)
+        if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+            rgba = img.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(white, rgba)
+        img = img.convert("L") if img.mode in ("L", "RGB", "RGBA", "P", "1") else img.convert("RGB").convert("L")
+        img.thumbnail((work_size, work_size), Image.Resampling.BOX)
+        return img
 
 
 def fit(arr: np.ndarray) -> np.ndarray:
