@@ -139,7 +139,8 @@ def main(out: Path | None = None) -> Path:
     images, labels, _ = load_mnist_5k()
     rng = np.random.default_rng(SEED)
     data, ys, kinds = [], [], []
-    for img, label in zip(images[training_sources()], labels[training_sources()], strict=True):
+    sources = training_sources()
+    for img, label in zip(images[sources], labels[sources], strict=True):
         for _ in range(2):
             style = int(rng.choice(len(STYLES), p=STYLE_P))
             data.append(digit_upload(img, STYLES[style], rng))
