@@ -27,7 +27,9 @@ $(STAMP): pyproject.toml
 EVAL_FONTS := fonts-dkg-handwriting fonts-breip fonts-femkeklaver fonts-sjfonts fonts-humor-sans fonts-kristi \
 	fonts-ecolier-court fonts-rufscript fonts-tomsontalks fonts-yusei-magic fonts-klee fonts-tlwg-purisa-otf \
 	fonts-bwht fonts-urw-base35 fonts-dejavu-core fonts-comic-neue fonts-dancingscript fonts-kaushanscript \
-	fonts-leckerli-one fonts-opendyslexic
+	fonts-leckerli-one fonts-opendyslexic fonts-kiloji fonts-seto fonts-nanum-extra fonts-isabella fonts-lobster \
+	fonts-lobstertwo fonts-havana fonts-staypuft fonts-aoyagi-soseki fonts-kouzan-mouhitsu fonts-unfonts-extra \
+	fonts-navilu
 system-deps:
 	@if ! command -v docker-compose >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1)) \
@@ -45,7 +47,7 @@ system-deps:
 		(apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) \
 		|| echo "note: dataset-fashion-mnist could not be installed; the Fashion-MNIST tests will skip"; \
 	fi
-	@if [ ! -d /usr/share/fonts/opentype/bwht ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	@if { [ ! -d /usr/share/fonts/opentype/bwht ] || [ ! -d /usr/share/fonts/truetype/kiloji ]; } && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q $(EVAL_FONTS) >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $(EVAL_FONTS) >/dev/null 2>&1)) \
 		|| echo "note: the handwriting fonts could not be installed; make eval will skip their populations"; \
 	fi
@@ -77,7 +79,7 @@ bench: install
 eval: install
 	$(PY) -m bench.populations
 
-# The monitoring loop end to end (docs/monitoring.md): about 6 minutes.
+# The monitoring loop end to end (docs/monitoring.md): about 8 minutes.
 drift-demo: install
 	$(PY) -m bench.drift_demo
 

@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): digitflow against the alternatives, on this machine.
 
     python -m bench [--scenarios inprocess,monolith,chain-per-job,digitflow] [--inflight 1,16,64]
-                    [--duration S] [--warmup S] [--quick] [--out bench/results/latest.json]
+                    [--duration S] [--warmup S] [--quick] [--inputs uploads|mnist28] [--out bench/results/latest.json]
 
 Scenarios, all with the same model, preprocessing code and input images (see bench.images):
 ``inprocess`` (no queue, no HTTP: the physical limit), ``monolith`` (one Flask app under gunicorn
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.images import make_images, write_images
+from bench.images import make_images, make_mnist28, write_images
 from bench.paths import CHECKOUT, MODELS
 from bench.procstats import ProcStats
 from bench.report import memory_of, ratios, render, row_of, targets, write_json
@@ -57,7 +57,7 @@ def _progress(m: Measurement) -> None:
     )
 
 
-def _meta(cfg: BenchConfig, scenarios: list[str]) -> dict[str, Any]:
+def _meta(cfg: BenchConfig, scenarios: list[str], inputs: str) -> dict[str, Any]:
     def git(*args: str) -> str:
         try:
             return subprocess.run(
@@ -78,6 +78,7 @@ def _meta(cfg: BenchConfig, scenarios: list[str]) -> dict[str, Any]:
         "git_dirty": bool(git("status", "--porcelain")),
         "model": {k: model.get(k) for k in ("name", "version", "weights_sha256")},
         "scenarios": scenarios,
+        "inputs": inputs,
         "config": config,
         "load_generator": "one process, one thread per job in flight, one keep-alive http.client connection each",
     }
@@ -101,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run (about 2 minutes)")
     parser.add_argument("--images", type=int, default=200, help="distinct input images")
+    parser.add_argument(
+        "--inputs",
+        choices=("uploads", "mnist28"),
+        default="uploads",
+        help="uploads: photos and canvas exports (bench.images); mnist28: 28x28 PNGs, almost no "
+        "preprocessing, which leaves each system's own cost per job",
+    )
     parser.add_argument("--batch-inflight", type=int, default=4, help="batch case: requests of 50 images in flight")
     parser.add_argument("--log-level", default="WARNING", help="LOG_LEVEL of the digitflow services")
     parser.add_argument(
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         bentoml_max_latency_ms=args.bentoml_max_latency_ms,
     )
     print(f"bench: {', '.join(scenarios)}; run directory {var_dir}", file=sys.stderr, flush=True)
-    write_images(make_images(args.images), cfg.images_dir)
+    write_images((make_mnist28 if args.inputs == "mnist28" else make_images)(args.images), cfg.images_dir)
     stats = ProcStats()
     stats.watch("harness", os.getpid(), recursive=False)  # this process: sampling, snapshots
     busy = _busy_share(stats)
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         if r["failed"]:
             errors.append(f"{r['scenario']} {r['mode']} @{r['inflight']}: {r['failed']} jobs failed: {r['failures']}")
     ratio_rows = ratios(rows, cfg.inflight, f"{cfg.batch_inflight}x{cfg.batch_parts}")
-    meta = {**_meta(cfg, scenarios), "other_cpu_share_before_start": round(busy, 3)}
+    meta = {**_meta(cfg, scenarios, args.inputs), "other_cpu_share_before_start": round(busy, 3)}
     report: dict[str, Any] = {"meta": meta, "rows": rows, "memory": memory, "ratios": ratio_rows}
     report["targets"] = targets(rows, ratio_rows, memory)
     report["errors"] = errors

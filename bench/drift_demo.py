@@ -45,6 +45,7 @@ VAR = CHECKOUT / "var" / "drift-demo"
 RESULTS = CHECKOUT / "bench" / "results"
 RATE, FEEDBACK, CLIENTS = 10.0, 0.6, 4
 N_NORMAL, N_AFTER = 500, 450
+SHIFTED_ROUNDS = 6  # about 12 minutes of shifted traffic at most
 SCAN_SEED = 6161
 ENV = {
     "MONITOR_INTERVAL_S": "3",
@@ -254,7 +255,9 @@ def _scenario(base: str, sup: Supervisor) -> dict[str, Any]:
     with ThreadPoolExecutor(CLIENTS) as pool:
         traffic.run(pool, normal, "normal")
         state["shift_at"] = time.time()
-        traffic.run(pool, shifted_pool * 3, "shifted", stop=lambda: state["promoted"] is not None)
+        # Until a retrain is promoted (a first retrain the gate turns down costs a cooldown and a
+        # second one), at most SHIFTED_ROUNDS passes over the pool.
+        traffic.run(pool, shifted_pool * SHIFTED_ROUNDS, "shifted", stop=lambda: state["promoted"] is not None)
         time.sleep(3)  # the promotion has reached every inference process
         traffic.run(pool, after, "after")
     state["running"] = False

@@ -88,14 +88,29 @@ def canvas_export(digit28: np.ndarray, rng: np.random.Generator) -> bytes:
     return _encode(Image.fromarray(np.rint(rgb).astype(np.uint8), "RGB"), "PNG")
 
 
-def make_images(count: int = 200, seed: int = 1234, png_share: float = 0.25) -> list[BenchImage]:
-    """``count`` uploads from held-out MNIST digits, every class in turn; the same bytes on every call."""
+def _heldout(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` held-out MNIST digits and their labels, every class in turn."""
     with np.load(MNIST_NPZ) as data:
         heldout = data["heldout_idx"]
         # Round-robin over the classes (the held-out indices are sorted by label).
         by_class = [heldout[data["labels"][heldout] == c] for c in range(10)]
         idx = np.array([by_class[i % 10][i // 10] for i in range(count)])
-        digits, labels = data["images"][idx], data["labels"][idx]
+        return data["images"][idx], data["labels"][idx]
+
+
+def make_mnist28(count: int = 200) -> list[BenchImage]:
+    """``count`` held-out MNIST digits as 28x28 PNGs, dark ink on white: the cheapest upload to
+    preprocess, so that a run on them measures what each system costs per job besides the work."""
+    digits, labels = _heldout(count)
+    return [
+        BenchImage(f"{i:03d}_{label}.png", _encode(Image.fromarray(255 - digit), "PNG"), int(label))
+        for i, (digit, label) in enumerate(zip(digits, labels, strict=True))
+    ]
+
+
+def make_images(count: int = 200, seed: int = 1234, png_share: float = 0.25) -> list[BenchImage]:
+    """``count`` uploads from held-out MNIST digits, every class in turn; the same bytes on every call."""
+    digits, labels = _heldout(count)
     rng = np.random.default_rng(seed)
     out = []
     for i, (digit, label) in enumerate(zip(digits, labels, strict=True)):

@@ -34,6 +34,7 @@ from training_worker.settings import shipped_data_dir
 SEED = 5151
 STYLES = ("photo", "canvas", "lowres", "hollow")
 STYLE_P = (0.35, 0.30, 0.25, 0.10)
+FLAGGED_ONES = 0.4  # of the 1s get a continental flag (with_flag)
 # Letters that read as digits (O/0, l/1, S/5, Z/2, B/8, g/9 ...) are not outliers: left out.
 LOOKALIKES = set("OoIlijZzSsBbgqDTtGAJUuCcLPeE")
 NONDIGIT_CHARS = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in LOOKALIKES] + list(
@@ -53,10 +54,14 @@ def mnist_mask(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def brush(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The stroke drawn with a brush 0-14 px wider on each side, as the fonts' canvas exports are
+    (Pillow's ``stroke_width``, bench/population_suites.brush_mask)."""
     width = int(rng.choice([0, 3, 6, 10, 14]))
     if width == 0:
         return mask
-    return np.maximum(mask, ndimage.grey_dilation(mask, size=(width, width)))
+    yy, xx = np.mgrid[-width : width + 1, -width : width + 1]
+    grown = ndimage.grey_dilation(np.pad(mask, width), footprint=yy**2 + xx**2 <= width**2)
+    return grown
 
 
 def hollow(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -78,8 +83,31 @@ def lowres(mask: np.ndarray, rng: np.random.Generator) -> bytes:
     return ur.lowres_scan(np.round(cells * 16), rng)
 
 
-def digit_upload(img: np.ndarray, style: str, rng: np.random.Generator) -> bytes:
+def with_flag(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A 1 written the continental way: an upstroke ("flag") from the top of the stem, down and
+    to the left, 25-45% of the digit's height, at 30-55 degrees below the horizontal, in the
+    stem's own pen width. MNIST's writers rarely drew it; many other writers do."""
+    core = mask > 0.5
+    ys, xs = np.nonzero(core)
+    top = int(ys.min())
+    x_top = float(xs[ys <= top + 2].mean())
+    if x_top < float(xs[ys >= ys.max() - 2].mean()) - 0.05 * mask.shape[0]:
+        return mask  # a stem leaning back: with a flag it would be a 7
+    width = max(2, round(2 * float(ndimage.distance_transform_edt(core).max())))
+    length = rng.uniform(0.25, 0.45) * mask.shape[0]
+    angle = np.deg2rad(rng.uniform(30, 55))
+    pad = int(length) + width
+    img = Image.fromarray((np.pad(mask, pad) * 255).astype(np.uint8))
+    start = (x_top + pad, top + pad + width / 2)
+    end = (start[0] - length * np.cos(angle), start[1] + length * np.sin(angle))
+    ImageDraw.Draw(img).line([start, end], fill=255, width=width, joint="curve")
+    return ur.glyph_crop(np.asarray(img, np.float32) / 255)
+
+
+def digit_upload(img: np.ndarray, label: int, style: str, rng: np.random.Generator) -> bytes:
     mask = mnist_mask(img, rng)
+    if label == 1 and rng.random() < FLAGGED_ONES:
+        mask = with_flag(mask, rng)
     if style == "photo":
         return ur.photo(mask, rng)
     if style == "canvas":
@@ -143,7 +171,7 @@ def main(out: Path | None = None) -> Path:
     for img, label in zip(images[sources], labels[sources], strict=True):
         for _ in range(2):
             style = int(rng.choice(len(STYLES), p=STYLE_P))
-            data.append(digit_upload(img, STYLES[style], rng))
+            data.append(digit_upload(img, int(label), STYLES[style], rng))
             ys.append(int(label))
             kinds.append(style)
         if len(ys) % 1000 == 0:

@@ -75,6 +75,24 @@ TRAIN_FONT_GLOBS = (
     "opentype/urw-base35/URWGothic-*.otf",
     "opentype/urw-base35/Z003-*.otf",
     "truetype/leckerli-one/LeckerliOne-Regular.ttf",
+    # Handwriting, brush and script families (Debian fonts-kiloji, fonts-seto, fonts-nanum-extra,
+    # fonts-isabella, fonts-lobster, fonts-lobstertwo, fonts-havana, fonts-staypuft,
+    # fonts-aoyagi-soseki, fonts-kouzan-mouhitsu, fonts-unfonts-extra, fonts-navilu): their digits
+    # are pen, felt-tip and brush shapes, narrow and slanted ones among them.
+    "truetype/kiloji/kiloji*.ttf",
+    "truetype/seto/setofont.ttf",
+    "truetype/nanum/NanumBarunpen*.ttf",
+    "truetype/nanum/NanumBrush.ttf",
+    "truetype/nanum/NanumPen.ttf",
+    "truetype/isabella/Isabella.ttf",
+    "opentype/lobster/lobster.otf",
+    "opentype/lobstertwo/LobsterTwo-*.otf",
+    "opentype/havana/Havana-Regular.otf",
+    "truetype/staypuft/StayPuft.ttf",
+    "truetype/aoyagi-soseki/aoyagi-soseki.ttf",
+    "truetype/kouzan-mouhitsu/*.ttf",
+    "truetype/unfonts-extra/UnPilgia.ttf",
+    "truetype/Navilu/Navilu.ttf",
 )
 
 

@@ -219,6 +219,8 @@ def render(report: dict[str, Any]) -> str:
     lines += ["", *render_ratios(report["ratios"])]
     lines += render_peers(report["rows"])
     lines += ["", "Targets (reported, not asserted)"]
+    if (inputs := report.get("meta", {}).get("inputs", "uploads")) != "uploads":
+        lines.append(f"  (inputs {inputs}: the targets are defined on uploads, not these)")
     for t in report["targets"]:
         mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
         lines.append(f"  {mark:>6}  {t['target']}: {t['value']}")

@@ -35,6 +35,11 @@ def _draw(font: str, ch: str, size: int, stroke: int) -> np.ndarray:
     return np.asarray(img, np.float32) / 255.0
 
 
+def glyph_crop(arr: np.ndarray) -> np.ndarray:
+    """A coverage mask cropped to its ink (over 0.02); an 8x8 blank when it has none."""
+    return _crop(arr)
+
+
 def _crop(arr: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(arr > 0.02)
     if len(ys) == 0:

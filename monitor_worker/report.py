@@ -19,6 +19,7 @@ from digitflow.settings import MonitorSettings
 from monitor_worker import drift_stats as ds
 
 WINDOWS = {"1h": 3600.0, "1d": 86400.0, "7d": 7 * 86400.0}
+KS_MIN_ROWS = 200  # rows before an input-statistic KS test may alert (see window_stats)
 AGES = [
     ("day 1", 0.0, 86400.0),
     ("week 1", 86400.0, 7 * 86400.0),
@@ -94,6 +95,10 @@ def window_stats(
     alert = False
     # The three input-statistic KS tests share one P_VALUE (Bonferroni) and need an effect of
     # KS_EFFECT; the embedding MMD, the primary test, alerts at P_VALUE.
+    # They alert from KS_MIN_ROWS rows on: the reference's statistics come from the held-out
+    # arrays, which differ a little from the same digits uploaded and preprocessed, and on 60
+    # undrifted jobs that difference plus sampling noise reached a KS distance of 0.28 (the
+    # drift demo's normal traffic); from 200 jobs on it stays under 0.21.
     level = s.p_value / len(INPUT_STATS)
     for name in INPUT_STATS:
         values = _col(rows, name)
@@ -101,7 +106,7 @@ def window_stats(
         if len(values):
             test = ds.ks(values, getattr(ref, name))
             inputs[name] = {"ks": test.statistic, "p_value": test.p_value}
-            alert |= test.p_value < level and test.statistic > s.ks_effect
+            alert |= len(values) >= KS_MIN_ROWS and test.p_value < level and test.statistic > s.ks_effect
     emb = _embeddings(log, rows, s.sample_size, np.random.default_rng(seed))
     if len(emb) >= 2:
         mmd = ds.mmd_permutation(emb, ref.embeddings, s.permutations, seed=seed, max_n=s.sample_size)

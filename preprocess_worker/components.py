@@ -12,6 +12,8 @@ from digitflow.errors import NoInkError
 
 _EIGHT = np.ones((3, 3), dtype=bool)  # diagonal neighbours connect: a thin slanted stroke stays one
 _COUNT_IN_BOXES = 24  # up to this many candidate components, areas are counted box by box
+_FAINT_REACH = 0.6  # faint marks are joined to the digit within this share of its long side
+_MARGIN_MIN = 4  # px of surroundings at least: more than the caller's margin around the box
 
 
 def percentile(values: np.ndarray, q: float) -> float:
@@ -119,3 +121,27 @@ def border_kind(box: tuple[int, int, int, int], area: float, height: int, width:
 
 def _gap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> int:
     return max(0, b[0] - a[1], a[0] - b[1], b[2] - a[3], a[2] - b[3])
+
+
+def join_faint(
+    clean: np.ndarray, labels: np.ndarray, keep: np.ndarray, box: tuple[int, int, int, int], low: float
+) -> tuple[tuple[int, int], np.ndarray, np.ndarray]:
+    """Hysteresis: the kept digit plus the marks over ``low`` that touch it, near its box.
+
+    A calligraphic pen's hairlines, blurred by the camera, fade under the ink threshold while the
+    thick parts of the same strokes clear it: thresholding alone keeps a 0 as "(" and a 6 as a
+    bare arc. Marks over ``low`` joined to the digit are its own strokes; ruled lines and shadows
+    that touch it are cut at its surroundings (``_FAINT_REACH`` of its long side), which is all
+    that is labelled again. Returns the surroundings' origin (y, x), the kept digit's mask there
+    and the joined mask there.
+    """
+    y0, y1, x0, x1 = box
+    height, width = clean.shape
+    pad = max(_MARGIN_MIN, round(_FAINT_REACH * max(y1 - y0, x1 - x0)))
+    ry0, ry1, rx0, rx1 = max(y0 - pad, 0), min(y1 + pad, height), max(x0 - pad, 0), min(x1 + pad, width)
+    strong = keep[labels[ry0:ry1, rx0:rx1]]
+    faint, count = ndimage.label(clean[ry0:ry1, rx0:rx1] > low, structure=_EIGHT)
+    touching = np.zeros(count + 1, dtype=bool)
+    touching[faint[strong]] = True
+    touching[0] = False
+    return (ry0, rx0), strong, touching[faint] | strong

@@ -14,15 +14,16 @@ import numpy as np
 from PIL import Image
 
 from digitflow.errors import NoInkError
-from preprocess_worker.components import keep_digit, percentile
+from preprocess_worker.components import join_faint, keep_digit, percentile
 from preprocess_worker.decoding import decode_array, shrink, working_mode
-from preprocess_worker.levels import ink_levels, remove_background
+from preprocess_worker.levels import MIN_CONTRAST, ink_levels, remove_background
 from preprocess_worker.shaping import BOX, SIDE, centre, shape
 
 __all__ = ["BOX", "SIDE", "decode", "normalize", "preprocess"]
 
 _MARGIN = 3  # px kept around the digit's box: anti-aliased stroke edges sit just under the threshold
 _SOFT = 2  # px the kept mask is grown by (a 5x5 square) to keep those edges, as grey
+_FAINT = 0.5  # hysteresis: marks over this share of the ink threshold that touch the digit are ink
 
 
 def preprocess(data: bytes, max_pixels: int) -> bytes:
@@ -73,13 +74,18 @@ def _working_levels(levels: np.ndarray) -> np.ndarray:
 def _normalize_levels(levels: np.ndarray) -> np.ndarray:
     clean = remove_background(levels)
     noise, threshold = ink_levels(clean)
-    labels, keep, (y0, y1, x0, x1) = keep_digit(clean, threshold)
-    # Anti-aliased stroke edges sit just under the threshold: keep them, as grey. Only the box's
-    # part of the mask is ever built.
-    y0, x0, y1, x1 = max(y0 - _MARGIN, 0), max(x0 - _MARGIN, 0), y1 + _MARGIN, x1 + _MARGIN
-    mask = keep[labels[y0:y1, x0:x1]]
-    clean = clean[y0:y1, x0:x1]
-    peak = percentile(clean[mask], 98)
+    labels, keep, box = keep_digit(clean, threshold)
+    low = max(_FAINT * threshold, MIN_CONTRAST / 2)
+    (ry, rx), strong, joined = join_faint(clean, labels, keep, box, low)
+    # Anti-aliased stroke edges sit just under the threshold: keep them, as grey. Only the
+    # digit's surroundings are ever labelled and masked.
+    rows, cols = np.flatnonzero(joined.any(axis=1)), np.flatnonzero(joined.any(axis=0))
+    y0, y1 = max(int(rows[0]) - _MARGIN, 0), min(int(rows[-1]) + 1 + _MARGIN, joined.shape[0])
+    x0, x1 = max(int(cols[0]) - _MARGIN, 0), min(int(cols[-1]) + 1 + _MARGIN, joined.shape[1])
+    mask, strong = joined[y0:y1, x0:x1], strong[y0:y1, x0:x1]
+    clean = clean[ry + y0 : ry + y1, rx + x0 : rx + x1]
+    # The peak is the strong strokes': a joined hairline stays as faint as it was drawn.
+    peak = percentile(clean[strong], 98)
     soft = np.clip((clean - noise) / max(peak - noise, 1e-3), 0.0, 1.0)
     soft *= _grow(mask, _SOFT)
     rows, cols = np.flatnonzero(soft.any(axis=1)), np.flatnonzero(soft.any(axis=0))

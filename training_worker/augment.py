@@ -2,7 +2,7 @@
 
 The deployed model sees phone photos and browser canvas drawings after MNIST-style preprocessing
 (crop to ink, longest side 20 px, centred by mass in 28x28), not only scanned MNIST. Those differ
-from MNIST mainly in slant and placement (affine), stroke width (canvas brushes are thick, pens
+from MNIST mainly in slant, width and placement (affine), stroke width (canvas brushes are thick, pens
 thin: dilation/erosion), focus (blur), ink darkness and lighting (peak contrast, gamma) and sensor
 noise. Every draw comes from the caller's ``torch.Generator``, so a seed fixes the output exactly.
 """
@@ -26,6 +26,9 @@ class AugmentConfig:
     rotation_deg: float = 15.0
     shear: float = 0.3
     scale: tuple[float, float] = (0.85, 1.1)
+    # Width over height, on top of the scale: narrow handwriting (a felt-tip 0 a third as wide as
+    # tall) and wide, rounded digits.
+    aspect: tuple[float, float] = (0.6, 1.15)
     shift_px: float = 2.5
     # Thickness: a per-image blend towards a 3x3 dilation (thicker) or erosion (thinner).
     p_dilate: float = 0.3
@@ -49,14 +52,16 @@ def random_affine(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor
     shear = _uniform(n, -cfg.shear, cfg.shear, gen, dev)
     # A log-uniform scale keeps shrinking and growing equally likely around 1.
     scale = torch.exp(_uniform(n, math.log(cfg.scale[0]), math.log(cfg.scale[1]), gen, dev))
+    scale_x = scale * torch.exp(_uniform(n, math.log(cfg.aspect[0]), math.log(cfg.aspect[1]), gen, dev))
     # affine_grid works in [-1, 1] coordinates, where one pixel is 2/SIZE.
     shift = _uniform(2 * n, -cfg.shift_px, cfg.shift_px, gen, dev).view(n, 2) * (2 / SIZE)
     cos, sin = torch.cos(angle), torch.sin(angle)
-    # Forward map M = R @ Sh @ S; affine_grid wants the inverse (output -> input coordinates).
+    # Forward map M = R @ Sh @ diag(scale_x, scale); affine_grid wants the inverse (output ->
+    # input coordinates), x first.
     m = torch.zeros(n, 2, 2, device=dev)
-    m[:, 0, 0] = cos * scale
+    m[:, 0, 0] = cos * scale_x
     m[:, 0, 1] = (cos * shear - sin) * scale
-    m[:, 1, 0] = sin * scale
+    m[:, 1, 0] = sin * scale_x
     m[:, 1, 1] = (sin * shear + cos) * scale
     inv = torch.linalg.inv(m)
     theta = torch.cat([inv, -(inv @ shift.unsqueeze(2))], dim=2)

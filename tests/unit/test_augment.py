@@ -49,9 +49,10 @@ def test_changes_images_but_keeps_the_digit(digits: Tensor) -> None:
     out = augment(digits, torch.Generator().manual_seed(0))
     per_image_change = (out - digits).abs().mean(dim=(1, 2, 3))
     assert bool((per_image_change > 0.005).all())
-    # Still mostly background with ink present: nothing is wiped out or flooded.
+    # Still mostly background with ink present: nothing is wiped out or flooded (a thin 1
+    # squeezed to 0.6 of its width keeps about 2% of the frame as ink).
     ink = out.mean(dim=(1, 2, 3))
-    assert bool((ink > 0.02).all()) and bool((ink < 0.5).all())
+    assert bool((ink > 0.01).all()) and bool((ink < 0.5).all())
 
 
 CFG = AugmentConfig(p_dilate=0.5, p_erode=0.5, p_blur=1.0)
@@ -75,6 +76,7 @@ def test_identity_config_is_a_no_op(digits: Tensor) -> None:
         rotation_deg=0,
         shear=0,
         scale=(1, 1),
+        aspect=(1, 1),
         shift_px=0,
         p_dilate=0,
         p_erode=0,

@@ -82,3 +82,22 @@ def test_upload_digits_render_only_training_digits_and_ship_non_digits() -> None
     with np.load(DATA / UPLOAD_DIGITS_FILE, allow_pickle=False) as data:
         assert set(data["style_names"].tolist()) == {"photo", "canvas", "lowres", "hollow"}
         assert np.bincount(data["styles"], minlength=4).min() > 500  # every kind of upload is there
+
+
+def test_a_flag_goes_on_an_upright_one_and_never_on_a_stem_leaning_back() -> None:
+    """The continental flag of the rendered 1s: down and to the left from the top of the stem;
+    a stem leaning back keeps none, since with a flag it would be a 7."""
+    from bench.make_upload_digits import with_flag
+
+    rng = np.random.default_rng(0)
+    upright = np.zeros((120, 20), np.float32)
+    upright[:, 6:14] = 1.0
+    flagged = with_flag(upright, rng)
+    assert flagged.shape[1] > upright.shape[1] + 20  # the flag reaches out to the left
+    left = flagged[:, : flagged.shape[1] - 14] > 0.5  # everything left of the stem
+    rows = np.flatnonzero(left.any(axis=1))
+    assert rows.max() < 0.5 * flagged.shape[0]  # only in the top half: a flag, not a foot
+    leaning = np.zeros((120, 60), np.float32)
+    for y in range(120):
+        leaning[y, y // 3 : y // 3 + 8] = 1.0  # the top is left of the bottom
+    assert with_flag(leaning, rng) is leaning

@@ -8,11 +8,11 @@ from io import BytesIO
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 from scipy import ndimage
 
 from digitflow.errors import NoInkError
-from preprocess_worker import strokes
+from preprocess_worker import components, strokes
 from preprocess_worker.steps import normalize, preprocess
 
 MAX_PIXELS = 40_000_000
@@ -136,3 +136,41 @@ def test_coherence_tells_strokes_from_speckle() -> None:
     stroke = np.zeros((100, 100), bool)
     stroke[20:80, 40:56] = True
     assert strokes._coherence(speckle) < 0.6 < strokes._COHERENT < strokes._coherence(stroke)
+
+
+def calligraphic_zero(hairline: float) -> bytes:
+    """A photographed 0 of a calligraphic pen: a thick dark left arc, a hairline right arc whose
+    ink, blurred by the camera, is ``hairline`` of the thick arc's contrast."""
+    img = Image.new("L", (240, 240), 0)
+    draw = ImageDraw.Draw(img)
+    draw.arc((80, 40, 160, 200), 90, 270, fill=255, width=9)
+    draw.arc((80, 40, 160, 200), 270, 90, fill=round(255 * hairline), width=2)
+    ink = np.asarray(img.filter(ImageFilter.GaussianBlur(1.2)), np.float32) / 255
+    return png(225 - 200 * ink + np.random.default_rng(0).normal(0, 2, ink.shape))
+
+
+def test_a_calligraphic_hairline_stays_part_of_the_digit() -> None:
+    """The hairline falls under the ink threshold (the thick arc sets it), yet it touches the
+    digit: hysteresis keeps both halves of the 0."""
+    out = np.frombuffer(preprocess(calligraphic_zero(0.6), MAX_PIXELS), np.uint8).reshape(28, 28)
+    cols = np.flatnonzero(out.max(axis=0) > 48)
+    assert cols[-1] - cols[0] >= 8  # both arcs: a 0 about half as wide as tall, not a "("
+    assert out[:, cols[-1]].max() > 64  # the hairline, fainter than the thick arc but there
+
+
+def test_join_faint_adds_what_touches_the_digit_and_cuts_lines_at_its_surroundings() -> None:
+    clean = np.zeros((200, 300), np.float32)
+    clean[100, :] = 40.0  # a faint ruled line through the digit, across the whole frame
+    clean[50:150, 100:110] = 200.0  # the digit's strong stroke
+    clean[50:52, 110:140] = 40.0  # a faint hairline leaving it
+    clean[10:20, 250:260] = 40.0  # a faint mark far away, touching nothing
+    labels, count = ndimage.label(clean > 100.0)
+    keep = np.zeros(count + 1, bool)
+    keep[1:] = True
+    (ry, rx), strong, joined = components.join_faint(clean, labels, keep, (50, 150, 100, 110), 20.0)
+    full = np.zeros(clean.shape, bool)
+    full[ry : ry + joined.shape[0], rx : rx + joined.shape[1]] = joined
+    assert full[50:52, 110:140].all() and full[50:150, 100:110].all()
+    assert not full[10:20, 250:260].any()
+    assert full[100].sum() == 60 + 10 + 60  # 60 px (0.6 of the digit's height) either side, no more
+    assert strong.sum() == 1000
