@@ -212,7 +212,11 @@ def test_redis_restart_mid_stream(tmp_path: Path) -> None:
         statuses = Counter(str(j["status"]) for j in jobs)
         assert statuses["succeeded"] + statuses["failed"] == 40, statuses
         failures = [j["error"] for j in jobs if j["status"] == "failed"]
-        assert all(f["code"] in {"deadline_exceeded", "service_unavailable"} for f in failures), failures  # type: ignore[index]
+        # A stage whose batch was blocked on Redis through the outage can also run out of its time
+        # limit (seen once in four runs, at postprocess): stage_timeout names the stage, and the
+        # job still ends. Any other code, or a job left unfinished, is a defect.
+        allowed = {"deadline_exceeded", "service_unavailable", "stage_timeout"}
+        assert all(f["code"] in allowed for f in failures), failures  # type: ignore[index]
         assert statuses["succeeded"] >= 20, statuses
     finally:
         stack.close()
