@@ -60,8 +60,7 @@ def brush(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if width == 0:
         return mask
     yy, xx = np.mgrid[-width : width + 1, -width : width + 1]
-    grown = ndimage.grey_dilation(np.pad(mask, width), footprint=yy**2 + xx**2 <= width**2)
-    return grown
+    return ndimage.grey_dilation(np.pad(mask, width), footprint=yy**2 + xx**2 <= width**2)
 
 
 def hollow(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +100,7 @@ def with_flag(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     start = (x_top + pad, top + pad + width / 2)
     end = (start[0] - length * np.cos(angle), start[1] + length * np.sin(angle))
     ImageDraw.Draw(img).line([start, end], fill=255, width=width, joint="curve")
-    return ur.glyph_crop(np.asarray(img, np.float32) / 255)
+    return ur.crop(np.asarray(img, np.float32) / 255)
 
 
 def digit_upload(img: np.ndarray, label: int, style: str, rng: np.random.Generator) -> bytes:

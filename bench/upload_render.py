@@ -35,12 +35,8 @@ def _draw(font: str, ch: str, size: int, stroke: int) -> np.ndarray:
     return np.asarray(img, np.float32) / 255.0
 
 
-def glyph_crop(arr: np.ndarray) -> np.ndarray:
+def crop(arr: np.ndarray) -> np.ndarray:
     """A coverage mask cropped to its ink (over 0.02); an 8x8 blank when it has none."""
-    return _crop(arr)
-
-
-def _crop(arr: np.ndarray) -> np.ndarray:
     ys, xs = np.nonzero(arr > 0.02)
     if len(ys) == 0:
         return np.zeros((8, 8), np.float32)
@@ -49,14 +45,14 @@ def _crop(arr: np.ndarray) -> np.ndarray:
 
 def glyph(font: str, ch: str, size: int = 160, stroke: int = 0) -> np.ndarray:
     """Coverage 0..1 of one character drawn with a pen grown by ``stroke`` px, cropped to its ink."""
-    return _crop(_draw(font, ch, size, stroke))
+    return crop(_draw(font, ch, size, stroke))
 
 
 def hollow(font: str, ch: str, size: int, width: int) -> np.ndarray:
     """An outlined ("bubble") character: the ring between the glyph grown by ``width`` and the glyph."""
     outer = _draw(font, ch, size, width)
     inner = ndimage.binary_dilation(_draw(font, ch, size, 0) > 0.5, iterations=max(1, width // 3))
-    return _crop(np.where(inner, 0.0, outer))
+    return crop(np.where(inner, 0.0, outer))
 
 
 def transform(mask: np.ndarray, rng: np.random.Generator, rot: float = 10.0, shear: float = 0.25) -> np.ndarray:
@@ -68,7 +64,7 @@ def transform(mask: np.ndarray, rng: np.random.Generator, rot: float = 10.0, she
     inverse = np.linalg.inv(rotation @ np.array([[1.0, 0.0], [slant, 1.0]]))
     centre = np.array(padded.shape) / 2
     out = ndimage.affine_transform(padded, inverse, offset=centre - inverse @ centre, order=1)
-    return _crop(out) if (out > 0.02).any() else mask
+    return crop(out) if (out > 0.02).any() else mask
 
 
 def resize(arr: np.ndarray, width: int, height: int, mode: Image.Resampling = Image.Resampling.BILINEAR) -> np.ndarray:

@@ -8,7 +8,7 @@ the fly; ``fashion`` on Fashion-MNIST's 60,000 training images (see ``datasets``
 evaluated on their held-out split un-augmented. Seeded: the same command on the same torch
 version and thread count gives the same weights.
 
-    python -m training_worker.trainer --out digitflow/shipped_models/digits/1 --epochs 40 --seed 0
+    python -m training_worker.trainer --out digitflow/shipped_models/digits/1 --epochs 24 --threads 1 --seed 0
     python -m training_worker.trainer --name fashion --out digitflow/shipped_models/fashion/1 --epochs 2
 """
 
