@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery
 
+from digitflow import broker
 from digitflow.settings import CoreSettings
 from digitflow.tasks import ROUTES, TASK_OF_STAGE
 
@@ -46,6 +47,7 @@ def make_celery(service: str, settings: CoreSettings) -> Celery:
     run and rejected when their worker dies, so a killed worker's batch is redelivered; the
     job store makes that redelivery harmless.
     """
+    broker.install()  # kombu's Redis transport with one client per channel (digitflow/broker.py)
     app = Celery(service, broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="msgpack",

@@ -218,22 +218,15 @@ class JobStore:
         self.update([(job_id, _fail_fields("gateway", error)) for job_id in job_ids], terminal=True)
 
     # -- stage side ---------------------------------------------------------------------
-    def update(
-        self, changes: Sequence[tuple[str, Mapping[str, str]]], terminal: bool = False, client: Any = None
-    ) -> list[bool]:
-        """Apply field changes to live jobs only; returns, per job, whether it was live.
-
-        With a pipeline as ``client`` the call is queued and the pipeline's result holds it.
-        """
+    def update(self, changes: Sequence[tuple[str, Mapping[str, str]]], terminal: bool = False) -> list[bool]:
+        """Apply field changes to live jobs only; returns, per job, whether it was live."""
         if not changes:
             return []
         payload = json.dumps([[job_id, int(terminal), dict(fields)] for job_id, fields in changes])
         live = self._update(
-            keys=[JOB_PREFIX + job_id for job_id, _ in changes],
-            args=[payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS],
-            client=client,
+            keys=[JOB_PREFIX + job_id for job_id, _ in changes], args=[payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS]
         )
-        return [bool(x) for x in live] if client is None else []
+        return [bool(x) for x in live]
 
     def start_stage(
         self,
@@ -256,11 +249,23 @@ class JobStore:
         fields = {"status": STATUS_OF_STAGE[stage], f"t:{stage}:queued": repr(queued_at), f"t:{stage}:start": now}
         extra = extra or {}
         attempt_key = f"{ATTEMPT_PREFIX}{stage}:{batch_id}"
+        changes = [(job_id, {**fields, **extra.get(job_id, {})}) for job_id in job_ids]
+        payload = json.dumps([[job_id, 0, dict(f)] for job_id, f in changes])
+        keys = [JOB_PREFIX + job_id for job_id, _ in changes]
+        args = [payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS]
+        # EVALSHA queued by hand: a registered Script in a pipeline makes redis-py send SCRIPT
+        # EXISTS first, a second round trip on every batch of every stage.
         pipe = self.redis.pipeline(transaction=False)
-        self.update([(job_id, {**fields, **extra.get(job_id, {})}) for job_id in job_ids], client=pipe)
+        pipe.evalsha(self._update.sha, len(keys), *keys, *args)
         pipe.incr(attempt_key)
         pipe.expire(attempt_key, self.ttl_s)
-        live, attempt, _ = pipe.execute()
+        live, attempt, _ = pipe.execute(raise_on_error=False)
+        if isinstance(live, redis.exceptions.NoScriptError):  # Redis restarted without its scripts
+            live = self._update(keys=keys, args=args)  # loads the script; the attempt counted once
+        elif isinstance(live, Exception):
+            raise live
+        if isinstance(attempt, Exception):
+            raise attempt
         return [bool(x) for x in live], int(attempt)
 
     def fail(self, stage: str, failures: Sequence[tuple[str, DigitflowError]]) -> list[bool]:

@@ -63,8 +63,13 @@ class Batcher:
                 self._thread = threading.Thread(target=self._loop, name="batcher", daemon=True)
                 self._thread.start()
             now = time.monotonic()
+            was_empty = not self._pending
             self._pending.extend((now, item) for item in items)
-            self._cond.notify()
+            # Wake the loop only when its decision can change: the first waiting job (it sends at
+            # once when idle, or starts the wait bound) and a full batch. Waking it for every job
+            # cost about a tenth of the gateway's CPU at 16 jobs in flight.
+            if was_empty or len(self._pending) >= self.batch_max:
+                self._cond.notify()
 
     def finished(self, job_ids: Iterable[str]) -> None:
         """Completion listener callback: free the slots of batches whose jobs all finished."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Request
 
@@ -45,6 +46,15 @@ class ModelChoice:
     profile: str | None = None
 
 
+def _refused_by(view: dict[str, dict[str, Any]], spec: ModelSpec, settings: GatewaySettings) -> bool:
+    """Whether the cached view would refuse ``spec``: only then is it worth a fresh read. With no
+    registry the view stays empty and MODELS decides, so re-reading it on every request (a Redis
+    round trip each) would change nothing."""
+    if not view:
+        return spec.name not in settings.models
+    return spec.name not in view or (spec.pin is not None and spec.pin not in servable_versions(view[spec.name]))
+
+
 def model_of(request: Request, settings: GatewaySettings, views: ModelViewCache) -> ModelChoice:
     """The requested model (form field or query), checked against the registry's view
     (``df:models``, cached per process), or against MODELS while the view is empty. Raises
@@ -57,7 +67,7 @@ def model_of(request: Request, settings: GatewaySettings, views: ModelViewCache)
     )
     spec = ModelSpec.parse(text)
     view = views.get()
-    if spec.name not in view or (spec.pin is not None and spec.pin not in servable_versions(view[spec.name])):
+    if _refused_by(view, spec, settings):
         view = views.get(refresh=True)  # registered (or marked servable) a moment ago?
     if not view:
         if spec.name not in settings.models:

@@ -90,3 +90,23 @@ def test_idempotency_keys_map_to_one_job_per_owner(redis_client: redis.Redis) ->
     assert redis_client.get(f"df:img:{first[0]}") == b"a"
     with pytest.raises(IdempotencyConflictError):
         store.create([NewJob(new_job_id(), "digits", b"b")], Idempotency("k1", "fp-b"), "alice")
+
+
+def test_a_stage_starts_in_one_round_trip_even_after_redis_lost_its_scripts(redis_client: redis.Redis) -> None:
+    store = JobStore(redis_client, 3600)
+    ids = make_jobs(store, 2)
+    sent = {"n": 0}
+    execute_command = redis_client.execute_command
+
+    def counting(*args: object, **kwargs: object) -> object:
+        sent["n"] += 1
+        return execute_command(*args, **kwargs)
+
+    redis_client.execute_command = counting  # type: ignore[method-assign]
+    live, attempt = store.start_stage("preprocess", "b1", ids, time.time())
+    assert live == [True, True] and attempt == 1
+    assert sent["n"] == 0, "no SCRIPT EXISTS before the pipeline"
+    redis_client.script_flush()  # what a Redis restart without its script cache looks like
+    live, attempt = store.start_stage("inference", "b1", ids, time.time())
+    assert live == [True, True] and attempt == 1
+    assert store.get(ids[0])["status"] == "inferring"

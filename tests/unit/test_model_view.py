@@ -95,3 +95,17 @@ def test_registry_defaults_to_sqlite_under_var(tmp_path: Any) -> None:
     assert s.tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert s.max_loaded_models == 8 and s.model_cache_dir == tmp_path / "model-cache"
     assert InferenceSettings.from_env({"MLFLOW_TRACKING_URI": "http://mlflow:5000"}).artifact_root is None
+
+
+def test_the_gateway_rereads_the_view_only_when_the_cached_copy_would_refuse() -> None:
+    from gateway.uploads import _refused_by
+
+    settings = GatewaySettings.from_env({"MODELS": "digits"})
+    # No registry: the view stays empty and MODELS decides, so a re-read would change nothing.
+    assert not _refused_by({}, ModelSpec.parse("digits"), settings)
+    assert _refused_by({}, ModelSpec.parse("letters"), settings)
+    view = {"digits": ENTRY}
+    assert not _refused_by(view, ModelSpec.parse("digits"), settings)
+    assert not _refused_by(view, ModelSpec.parse("digits@2"), settings)  # production: servable
+    assert _refused_by(view, ModelSpec.parse("digits@10"), settings)  # marked servable a moment ago?
+    assert _refused_by(view, ModelSpec.parse("letters"), settings)
