@@ -27,7 +27,7 @@ from kombu.transport import redis as kombu_redis
 TRANSPORT = "digitflow.broker:Transport"
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(kombu_redis.Channel):
     _shared_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
@@ -39,7 +39,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return client
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
