@@ -12,6 +12,7 @@ from digitflow.settings import CoreSettings
 from digitflow.tasks import ROUTES, TASK_OF_STAGE
 
 ACCEPT_CONTENT = ("msgpack", "json")
+RESULT_REPR_CHARS = 120  # of a stage task's return value in its log line and event
 
 
 def hop_options(queue: str) -> dict[str, Any]:
@@ -60,8 +61,15 @@ def make_celery(service: str, settings: CoreSettings) -> Celery:
         task_routes=ROUTES,
         # Stage batches only (registry, monitor and training tasks are acknowledged on receipt
         # and may run for minutes): both limits sit below the visibility timeout (settings.py).
+        # resultrepr_maxsize: Celery reprs every return value (the batch for the next hop) for its
+        # log line and task-succeeded event; at its default 1,024 characters an inference batch's
+        # repr cost 0.5 ms per task, at 120 under 0.05 (Flower shows the start of the batch).
         task_annotations={
-            task: {"soft_time_limit": settings.soft_time_limit_s, "time_limit": settings.hard_time_limit_s}
+            task: {
+                "soft_time_limit": settings.soft_time_limit_s,
+                "time_limit": settings.hard_time_limit_s,
+                "resultrepr_maxsize": RESULT_REPR_CHARS,
+            }
             for task in TASK_OF_STAGE.values()
         },
         task_acks_late=True,
