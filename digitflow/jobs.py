@@ -337,8 +337,11 @@ class JobStore:
             self.redis.zrem(ACTIVE_JOBS, *gone)
         return [job_id for job_id, is_live in zip(ids, live, strict=True) if is_live]
 
-    def images(self, job_ids: Sequence[str]) -> list[bytes | None]:
-        return cast(list[bytes | None], self.redis.mget([IMAGE_PREFIX + j for j in job_ids])) if job_ids else []
+    def image(self, job_id: str) -> bytes | None:
+        """A job's parked upload, one per call: Redis counts a reply being sent against its
+        ``maxmemory``, and one MGET of a batch of large photos briefly held megabytes there, which
+        made the other stages' writes fail as out of memory (tests/integration/test_redis_full.py)."""
+        return cast(bytes | None, self.redis.get(IMAGE_PREFIX + job_id))
 
     # -- reading ------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, Any]:

@@ -39,15 +39,16 @@ def preprocess_items(
     delay_marker: bytes = b"",
     delay_s: float = 0.0,
 ) -> list[Item | DigitflowError]:
-    """One Redis round trip for the whole batch's images, then pure image work per item.
+    """Each job's image, fetched as its turn comes (JobStore.image says why not all at once),
+    then pure image work.
 
     At the task's soft time limit the item being decoded and those after it fail with
     ``stage_timeout``; the items already done keep their results.
     """
-    images = store.images([item["job_id"] for item in items])
     out: list[Item | DigitflowError] = []
     try:
-        for item, data in zip(items, images, strict=True):
+        for item in items:
+            data = store.image(item["job_id"])
             out.append(_one(item, data, max_pixels, crash_marker, delay_marker, delay_s))
     except SoftTimeLimitExceeded:
         out += [stage_timeout("preprocess")] * (len(items) - len(out))

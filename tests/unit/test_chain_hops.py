@@ -57,22 +57,3 @@ def test_forward_names_the_next_hops_batch_and_ends_an_empty_chain() -> None:
     empty = fake_task([{"task": INFERENCE, "options": {}}])
     forward(empty, make_batch("b3", []))
     assert empty.request.chain is None  # no job left: nothing is sent on
-
-
-def test_a_stage_tasks_return_value_is_reprd_only_briefly() -> None:
-    """Celery reprs each return value (the next hop's batch) for its log line and event; the
-    stage tasks cap it, so an inference batch's floats are not all rendered per task."""
-    from celery.utils.saferepr import saferepr
-
-    from digitflow.celery_app import RESULT_REPR_CHARS
-
-    app = memory_app()
-
-    @app.task(name=INFERENCE)
-    def infer(batch: dict[str, Any]) -> dict[str, Any]:
-        return batch
-
-    task = app.tasks[INFERENCE]
-    assert task.resultrepr_maxsize == RESULT_REPR_CHARS
-    batch = make_batch("b4", [{"job_id": "d" * 32, "model": "digits", "logits": [0.123456] * 10}] * 32)
-    assert len(saferepr(batch, task.resultrepr_maxsize)) < 2 * RESULT_REPR_CHARS < len(saferepr(batch, 1024))

@@ -4,9 +4,11 @@ tasks only (registry, monitor and training tasks may run for minutes)."""
 from __future__ import annotations
 
 import pytest
+from celery.utils.saferepr import saferepr
 
-from digitflow.celery_app import make_celery
+from digitflow.celery_app import RESULT_REPR_CHARS, make_celery
 from digitflow.errors import ConfigurationError
+from digitflow.messages import make_batch
 from digitflow.settings import GatewaySettings, WorkerSettings
 from digitflow.tasks import INFERENCE, MONITOR_RUN, POSTPROCESS, PREPROCESS, TRAINING_RETRAIN
 
@@ -45,8 +47,13 @@ def test_only_stage_tasks_get_the_limits() -> None:
     app.finalize()
     for name in (PREPROCESS, INFERENCE, POSTPROCESS):
         assert (app.tasks[name].soft_time_limit, app.tasks[name].time_limit) == (5.0, 9.0)
+        # Celery reprs each return value (the next hop's batch) for its log line and event: briefly.
+        assert app.tasks[name].resultrepr_maxsize == RESULT_REPR_CHARS
     for name in (MONITOR_RUN, TRAINING_RETRAIN):
         assert (app.tasks[name].soft_time_limit, app.tasks[name].time_limit) == (None, None)
+    batch = make_batch("b4", [{"job_id": "d" * 32, "model": "digits", "logits": [0.123456] * 10}] * 32)
+    brief = saferepr(batch, app.tasks[INFERENCE].resultrepr_maxsize)
+    assert len(brief) < 2 * RESULT_REPR_CHARS < len(saferepr(batch, 1024)) and "'batch_id': 'b4'" in brief
 
 
 def test_default_pixel_limits() -> None:
