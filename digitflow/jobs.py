@@ -222,11 +222,8 @@ class JobStore:
         """Apply field changes to live jobs only; returns, per job, whether it was live."""
         if not changes:
             return []
-        payload = json.dumps([[job_id, int(terminal), dict(fields)] for job_id, fields in changes])
-        live = self._update(
-            keys=[JOB_PREFIX + job_id for job_id, _ in changes], args=[payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS]
-        )
-        return [bool(x) for x in live]
+        keys, args = _update_call(changes, terminal)
+        return [bool(x) for x in self._update(keys=keys, args=args)]
 
     def start_stage(
         self,
@@ -249,23 +246,20 @@ class JobStore:
         fields = {"status": STATUS_OF_STAGE[stage], f"t:{stage}:queued": repr(queued_at), f"t:{stage}:start": now}
         extra = extra or {}
         attempt_key = f"{ATTEMPT_PREFIX}{stage}:{batch_id}"
-        changes = [(job_id, {**fields, **extra.get(job_id, {})}) for job_id in job_ids]
-        payload = json.dumps([[job_id, 0, dict(f)] for job_id, f in changes])
-        keys = [JOB_PREFIX + job_id for job_id, _ in changes]
-        args = [payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS]
+        keys, args = _update_call([(job_id, {**fields, **extra.get(job_id, {})}) for job_id in job_ids], False)
         # EVALSHA queued by hand: a registered Script in a pipeline makes redis-py send SCRIPT
         # EXISTS first, a second round trip on every batch of every stage.
         pipe = self.redis.pipeline(transaction=False)
         pipe.evalsha(self._update.sha, len(keys), *keys, *args)
         pipe.incr(attempt_key)
         pipe.expire(attempt_key, self.ttl_s)
-        live, attempt, _ = pipe.execute(raise_on_error=False)
-        if isinstance(live, redis.exceptions.NoScriptError):  # Redis restarted without its scripts
-            live = self._update(keys=keys, args=args)  # loads the script; the attempt counted once
-        elif isinstance(live, Exception):
-            raise live
-        if isinstance(attempt, Exception):
-            raise attempt
+        results = pipe.execute(raise_on_error=False)
+        if isinstance(results[0], redis.exceptions.NoScriptError):  # Redis restarted without its scripts
+            results[0] = self._update(keys=keys, args=args)  # loads the script; the attempt counted once
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        live, attempt, _ = results
         return [bool(x) for x in live], int(attempt)
 
     def fail(self, stage: str, failures: Sequence[tuple[str, DigitflowError]]) -> list[bool]:
@@ -370,6 +364,12 @@ class JobStore:
     def status(self, job_id: str) -> str | None:
         value = cast(bytes | None, self.redis.hget(JOB_PREFIX + job_id, "status"))
         return value.decode() if value is not None else None
+
+
+def _update_call(changes: Sequence[tuple[str, Mapping[str, str]]], terminal: bool) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of _UPDATE_LUA for ``changes``."""
+    payload = json.dumps([[job_id, int(terminal), dict(fields)] for job_id, fields in changes])
+    return [JOB_PREFIX + job_id for job_id, _ in changes], [payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS]
 
 
 def _fail_fields(stage: str, error: DigitflowError) -> dict[str, str]:
