@@ -80,6 +80,8 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
         tracing.flush()
 
     task_name = TASK_OF_STAGE.get(stage)
+    if task_name is not None:
+        _solo_time_limits(stage, task_name, settings, state)
 
     @signals.task_failure.connect(weak=False)
     @signals.task_internal_error.connect(weak=False)
@@ -102,6 +104,41 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
             multiprocess.mark_process_dead(pid)
 
     return app
+
+
+def _solo_time_limits(stage: str, task_name: str, settings: WorkerSettings, state: dict[str, Any]) -> None:
+    """Enforce the stage task's time limits when the worker runs the solo pool (solo_limits.py)."""
+    from digitflow.solo_limits import SoloLimits, is_solo
+
+    def fail(batch: Any, exc: BaseException) -> None:
+        from digitflow.stage import fail_batch_after_task_error
+
+        fail_batch_after_task_error(stage, ProcessResources(settings).store, batch, exc)
+
+    limits = SoloLimits(task_name, settings.soft_time_limit_s, settings.hard_time_limit_s, fail)
+    messages: dict[str, Any] = {}  # task id -> its kombu message, from receipt to the task's end
+
+    @signals.worker_ready.connect(weak=False)
+    def _enable(sender: Any = None, **_: Any) -> None:
+        if is_solo(getattr(sender, "pool", None)):
+            limits.enable()
+
+    @signals.task_received.connect(weak=False)
+    def _received(request: Any = None, **_: Any) -> None:
+        if limits.enabled and request is not None and request.name == task_name:
+            messages[request.id] = request.message
+
+    @signals.task_prerun.connect(weak=False)
+    def _prerun(task_id: str = "", task: Any = None, args: Any = None, **_: Any) -> None:
+        message = messages.get(task_id)
+        limits.started(getattr(task, "name", ""), task_id, args, message.ack if message is not None else None)
+
+    @signals.task_postrun.connect(weak=False)
+    def _postrun(task_id: str = "", **_: Any) -> None:
+        messages.pop(task_id, None)
+        limits.finished(task_id)
+
+    state["solo_limits"] = limits
 
 
 class ProcessResources:

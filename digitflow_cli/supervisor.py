@@ -98,6 +98,9 @@ class StackConfig:
     # beat, and the training worker. `digitflow run` starts them; test stacks only when asked.
     monitoring: bool = False
     monitor_metrics_port: int = 0
+    # Stage workers run with `--pool solo`: the worker's one process runs the tasks itself, with
+    # no prefork parent handing each over (digitflow/solo_limits.py keeps their time limits).
+    solo: frozenset[str] = frozenset()
 
     @property
     def tracking_uri(self) -> str:
@@ -119,10 +122,14 @@ def redis_spec(var_dir: Path, port: int) -> ServiceSpec:
 def worker_spec(
     cfg: StackConfig, name: str, module: str, queue: str, concurrency: int, port: int, extra: Mapping[str, str] = {}
 ) -> ServiceSpec:
-    """A Celery worker service as ``make run`` starts it (prefork, one log and metrics dir)."""
+    """A Celery worker service as ``make run`` starts it (prefork unless ``cfg.solo`` names it;
+    one log and metrics dir)."""
     prom = cfg.var_dir / "prom" / name
+    pool = "solo" if name in cfg.solo else "prefork"
+    if pool == "solo" and concurrency != 1:
+        raise ValueError(f"{name}: a solo worker is one process, not {concurrency}")
     argv = [PY, "-m", "celery", "-A", f"{module}.worker:app", "worker", "-Q", queue]
-    argv += ["--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "INFO"]
+    argv += ["--concurrency", str(concurrency), "--pool", pool, "--loglevel", "INFO"]
     argv += ["-n", f"{name}-{os.getpid()}-{port or free_port()}@%h", "--without-gossip", "--without-mingle"]
     env = {**_base_env(cfg), "METRICS_PORT": str(port), "PROMETHEUS_MULTIPROC_DIR": str(prom), **extra}
     return ServiceSpec(name, argv, env, prom)

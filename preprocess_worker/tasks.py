@@ -64,9 +64,10 @@ def _one(
         os.abort()  # fault injection (FAULT_CRASH_MARKER): behave like a crashing decoder
     if delay_marker and delay_marker in data:
         # Fault injection (FAULT_DELAY_MARKER): behave like a slow decoder, or, with ":stuck"
-        # after the marker, like one stuck in C code, which the soft limit's signal cannot reach.
+        # after the marker, like one stuck in C code, which the soft limit's signal cannot reach
+        # (SIGUSR1 from prefork's billiard, SIGALRM from digitflow/solo_limits.py).
         if delay_marker + b":stuck" in data:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGALRM})
         time.sleep(delay_s)
     profile = item.get("profile") or DIGITS_PROFILE
     steps = PROFILES.get(profile)

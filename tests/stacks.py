@@ -84,6 +84,7 @@ def start_stack(
     workers: Mapping[str, int] | None = None,
     extra_specs: Callable[[StackConfig], list[ServiceSpec]] | None = None,
     monitoring: bool = False,
+    solo: frozenset[str] = frozenset(),
 ) -> Stack:
     """Start the stack ``make run`` starts (gateway, workers, registry service; with
     ``monitoring``, the monitor worker, its beat and the training worker too), plus any
@@ -97,6 +98,7 @@ def start_stack(
         flower=False,
         monitoring=monitoring,
         monitor_metrics_port=free_port() if monitoring else 0,
+        solo=solo,
         env={"HEARTBEAT_INTERVAL_S": "0.5", "HEARTBEAT_TTL_S": "3", **(env or {})},
     )
     specs = build_specs(config) + (extra_specs(config) if extra_specs else [])

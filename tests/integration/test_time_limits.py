@@ -1,7 +1,7 @@
 """A batch that runs too long ends at its stage's time limits, below the visibility timeout:
 Redis never hands it to a second worker, and no innocent job is struck as poison.
 
-Real Redis and real workers; FAULT_DELAY_MARKER makes preprocess sleep for twice
+Real Redis and real workers, under the prefork and the solo pool; FAULT_DELAY_MARKER makes preprocess sleep for twice
 VISIBILITY_TIMEOUT_S on a marked input (with ":stuck", with the soft limit's signal blocked,
 as C code would be). With VISIBILITY_TIMEOUT_S=8 the limits are 4 s (soft) and 6.4 s (hard).
 """
@@ -25,13 +25,19 @@ ENV = {**FAST_RECOVERY, "FAULT_DELAY_MARKER": "DIGITFLOW-SLOW"}
 REDELIVERY_BY_S = 8 + 5 + 2
 
 
-@pytest.fixture(scope="module")
-def slow_stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest.fixture(scope="module", params=["prefork", "solo"])
+def slow_stack(
+    request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """Preprocess under Celery's prefork pool (billiard enforces the limits), then under the solo
+    pool (digitflow/solo_limits.py does)."""
     url = redis_server.url(10)
     redis.Redis.from_url(url).flushdb()
-    # Two preprocess processes: a redelivered batch would find a free one at once.
-    workers = {"preprocess": 2, "inference": 1, "postprocess": 1}
-    stack = start_stack(url, tmp_path_factory.mktemp("limits") / "var", env=ENV, workers=workers)
+    # Prefork: two preprocess processes, so a redelivered batch would find a free one at once.
+    solo = request.param == "solo"
+    workers = {"preprocess": 1 if solo else 2, "inference": 1, "postprocess": 1}
+    var = tmp_path_factory.mktemp(f"limits-{request.param}") / "var"
+    stack = start_stack(url, var, env=ENV, workers=workers, solo=frozenset({"preprocess"} if solo else ()))
     yield stack
     stack.close()
 
@@ -95,6 +101,7 @@ def test_a_stuck_batch_is_killed_at_the_hard_limit_and_its_jobs_fail_at_once(slo
     assert finished_in < 8
     no_redelivery_or_poison(stack, ids, done, start)
     done.close()
-    # The killed process was replaced: the stage keeps serving.
-    after = stack.submit(photos(1, seed=900)[0][0], "image/jpeg", wait=15).json()
+    # The killed process was replaced (prefork: billiard starts a new child; solo: the process
+    # ended itself and the supervisor, polled by wait_all, starts it again): the stage serves.
+    (after,) = wait_all(stack, post(stack, [("after.jpg", photos(1, seed=900)[0][0], "image/jpeg")]), timeout_s=30)
     assert after["status"] == "succeeded"
