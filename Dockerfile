@@ -28,7 +28,7 @@ COPY inference_worker ./inference_worker
 # CPU wheels keep the image small; use a CUDA base image and the default index for GPUs.
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[inference]'
 USER digitflow
-CMD ["celery", "-A", "inference_worker.worker:app", "worker", "-Q", "inference", "--concurrency", "1", "-n", "inference@%h", "--without-gossip", "--without-mingle"]
+CMD ["celery", "-A", "inference_worker.worker:app", "worker", "-Q", "inference", "--pool", "solo", "-n", "inference@%h", "--without-gossip", "--without-mingle"]
 
 FROM base AS training
 COPY digitnet ./digitnet
@@ -56,7 +56,7 @@ FROM base AS postprocess
 COPY postprocess_worker ./postprocess_worker
 RUN pip install '.[postprocess,postgres]'
 USER digitflow
-CMD ["celery", "-A", "postprocess_worker.worker:app", "worker", "-Q", "postprocess", "--concurrency", "1", "-n", "postprocess@%h", "--without-gossip", "--without-mingle"]
+CMD ["celery", "-A", "postprocess_worker.worker:app", "worker", "-Q", "postprocess", "--pool", "solo", "-n", "postprocess@%h", "--without-gossip", "--without-mingle"]
 
 FROM base AS monitor
 COPY monitor_worker ./monitor_worker

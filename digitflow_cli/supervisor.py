@@ -55,6 +55,14 @@ BACKGROUND = frozenset({"registry", "monitor", "monitor-beat", "training", "flow
 BACKGROUND_NICE = 10
 
 
+# Stages whose worker, when it is one process, runs the solo pool: the process runs each task
+# itself, where prefork's parent would hand it to its only child and back (CPU per task, and a
+# second copy of torch in memory); digitflow/solo_limits.py keeps the time limits. Preprocess
+# stays prefork: it decodes untrusted uploads, and a decoder that crashes takes down a pool
+# child, whose parent hands the batch out again at once, not the whole worker.
+SOLO_STAGES = frozenset({"inference", "postprocess"})
+
+
 @dataclass
 class ServiceSpec:
     name: str
@@ -98,9 +106,8 @@ class StackConfig:
     # beat, and the training worker. `digitflow run` starts them; test stacks only when asked.
     monitoring: bool = False
     monitor_metrics_port: int = 0
-    # Stage workers run with `--pool solo`: the worker's one process runs the tasks itself, with
-    # no prefork parent handing each over (digitflow/solo_limits.py keeps their time limits).
-    solo: frozenset[str] = frozenset()
+    # Stage workers of one process run with `--pool solo` (SOLO_STAGES says why).
+    solo: frozenset[str] = SOLO_STAGES
 
     @property
     def tracking_uri(self) -> str:
@@ -122,12 +129,10 @@ def redis_spec(var_dir: Path, port: int) -> ServiceSpec:
 def worker_spec(
     cfg: StackConfig, name: str, module: str, queue: str, concurrency: int, port: int, extra: Mapping[str, str] = {}
 ) -> ServiceSpec:
-    """A Celery worker service as ``make run`` starts it (prefork unless ``cfg.solo`` names it;
-    one log and metrics dir)."""
+    """A Celery worker service as ``make run`` starts it (prefork, or solo for one process of a
+    stage ``cfg.solo`` names; one log and metrics dir)."""
     prom = cfg.var_dir / "prom" / name
-    pool = "solo" if name in cfg.solo else "prefork"
-    if pool == "solo" and concurrency != 1:
-        raise ValueError(f"{name}: a solo worker is one process, not {concurrency}")
+    pool = "solo" if name in cfg.solo and concurrency == 1 else "prefork"
     argv = [PY, "-m", "celery", "-A", f"{module}.worker:app", "worker", "-Q", queue]
     argv += ["--concurrency", str(concurrency), "--pool", pool, "--loglevel", "INFO"]
     argv += ["-n", f"{name}-{os.getpid()}-{port or free_port()}@%h", "--without-gossip", "--without-mingle"]

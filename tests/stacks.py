@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from digitflow_cli.supervisor import ServiceSpec, StackConfig, Supervisor, build_specs, free_port
+from digitflow_cli.supervisor import SOLO_STAGES, ServiceSpec, StackConfig, Supervisor, build_specs, free_port
 
 
 @dataclass
@@ -84,7 +84,7 @@ def start_stack(
     workers: Mapping[str, int] | None = None,
     extra_specs: Callable[[StackConfig], list[ServiceSpec]] | None = None,
     monitoring: bool = False,
-    solo: frozenset[str] = frozenset(),
+    solo: frozenset[str] = SOLO_STAGES,
 ) -> Stack:
     """Start the stack ``make run`` starts (gateway, workers, registry service; with
     ``monitoring``, the monitor worker, its beat and the training worker too), plus any

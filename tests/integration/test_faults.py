@@ -101,13 +101,16 @@ def fault_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
     stack.close()
 
 
-@pytest.mark.parametrize("victim", ["pool_child", "main_process"])
-def test_kill_9_of_a_worker_mid_stream_loses_nothing(fault_stack: Stack, victim: str) -> None:
+# Preprocess runs prefork (a pool child dies, its parent hands the batch out again); inference
+# runs solo (the worker itself dies and is started again; its batch comes back after the
+# visibility timeout).
+@pytest.mark.parametrize(("service", "victim"), [("preprocess", "pool_child"), ("inference", "main_process")])
+def test_kill_9_of_a_worker_mid_stream_loses_nothing(fault_stack: Stack, service: str, victim: str) -> None:
     stack = fault_stack
     done = DoneCounter(stack.config.redis_url)
     images = photos(60, seed=100)
     ids = submit_many(stack, images[:30])
-    main_pid = stack.supervisor.running["inference"].proc.pid
+    main_pid = stack.supervisor.running[service].proc.pid
     target = pool_children(main_pid)[0] if victim == "pool_child" else main_pid
     os.kill(target, signal.SIGKILL)
     killed_at = time.monotonic()
@@ -115,7 +118,7 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(fault_stack: Stack, victim:
     jobs = wait_all(stack, ids, timeout_s=90)
     recovery = time.monotonic() - killed_at
     done.close()
-    print(f"\n[{victim}] all 60 jobs finished {recovery:.1f} s after kill -9")
+    print(f"\n[{service} {victim}] all 60 jobs finished {recovery:.1f} s after kill -9")
     assert [j["status"] for j in jobs] == ["succeeded"] * 60, [j["error"] for j in jobs if j["status"] != "succeeded"]
     correct = sum(j["result"]["label"] == label for j, (_, label) in zip(jobs, images, strict=True))  # type: ignore[index]
     assert correct >= 55

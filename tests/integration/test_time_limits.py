@@ -1,9 +1,10 @@
 """A batch that runs too long ends at its stage's time limits, below the visibility timeout:
 Redis never hands it to a second worker, and no innocent job is struck as poison.
 
-Real Redis and real workers, under the prefork and the solo pool; FAULT_DELAY_MARKER makes preprocess sleep for twice
-VISIBILITY_TIMEOUT_S on a marked input (with ":stuck", with the soft limit's signal blocked,
-as C code would be). With VISIBILITY_TIMEOUT_S=8 the limits are 4 s (soft) and 6.4 s (hard).
+Real Redis and real workers, preprocess under the prefork and under the solo pool;
+FAULT_DELAY_MARKER makes preprocess sleep for twice VISIBILITY_TIMEOUT_S on a marked input
+(with ":stuck", with the soft limit's signal blocked, as C code would be). With
+VISIBILITY_TIMEOUT_S=8 the limits are 4 s (soft) and 6.4 s (hard).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import redis
 import requests
 
+from digitflow_cli.supervisor import SOLO_STAGES
 from tests.conftest import RedisServer
 from tests.integration.test_faults import FAST_RECOVERY, DoneCounter, photos, png_with_text, wait_all
 from tests.stacks import Stack, start_stack
@@ -37,7 +39,7 @@ def slow_stack(
     solo = request.param == "solo"
     workers = {"preprocess": 1 if solo else 2, "inference": 1, "postprocess": 1}
     var = tmp_path_factory.mktemp(f"limits-{request.param}") / "var"
-    stack = start_stack(url, var, env=ENV, workers=workers, solo=frozenset({"preprocess"} if solo else ()))
+    stack = start_stack(url, var, env=ENV, workers=workers, solo=SOLO_STAGES | ({"preprocess"} if solo else set()))
     yield stack
     stack.close()
 

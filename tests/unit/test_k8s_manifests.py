@@ -312,9 +312,6 @@ def test_commands_and_images_match_compose_and_the_dockerfile(overlay: str, docs
         tag = "cuda" if (overlay, name) == ("gpu", "inference") else "latest"
         assert c["image"] == f"digitflow/{target}:{tag}", name
         expected = list(compose[service]["command"])
-        if (overlay, name) == ("gpu", "inference"):
-            i = expected.index("--concurrency")
-            expected[i : i + 2] = ["--pool", "solo"]
         assert c["command"] == expected, f"{name} runs another command than compose's {service}"
     redis = workloads(docs)["redis"]
     (c,) = containers(redis)
@@ -374,7 +371,7 @@ def test_only_the_gpu_overlay_asks_for_a_gpu(overlay: str, docs: tuple[dict[str,
             assert (c["resources"][kind].get("nvidia.com/gpu") == "1") == gpu, f"{name} {kind}"
         if name == "inference":
             assert env["DEVICE"] == ("cuda" if gpu else "cpu")
-            assert ("solo" in c["command"]) == gpu
+            assert "solo" in c["command"]  # one process owns the device (CUDA does not survive fork)
         if gpu:
             assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
