@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,16 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
         tracing.flush()
 
     task_name = TASK_OF_STAGE.get(stage)
+
+    def fail_batch(batch: Any, exc: BaseException) -> None:
+        from digitflow.stage import fail_batch_after_task_error
+
+        if "store" not in state:
+            state["store"] = ProcessResources(settings).store
+        fail_batch_after_task_error(stage, state["store"], batch, exc)
+
     if task_name is not None:
-        _solo_time_limits(stage, task_name, settings, state)
+        _solo_time_limits(task_name, settings, fail_batch)
 
     @signals.task_failure.connect(weak=False)
     @signals.task_internal_error.connect(weak=False)
@@ -90,11 +99,7 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
         # Redis refused the next message: in the pool child) would leave its jobs unfinished.
         if task_name is None or getattr(sender, "name", None) != task_name or not args or exception is None:
             return
-        from digitflow.stage import fail_batch_after_task_error
-
-        if "store" not in state:
-            state["store"] = ProcessResources(settings).store
-        fail_batch_after_task_error(stage, state["store"], args[0], exception)
+        fail_batch(args[0], exception)
 
     @signals.worker_process_shutdown.connect(weak=False)
     def _child_gone(pid: int | None = None, **_: Any) -> None:
@@ -106,16 +111,13 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
     return app
 
 
-def _solo_time_limits(stage: str, task_name: str, settings: WorkerSettings, state: dict[str, Any]) -> None:
+def _solo_time_limits(
+    task_name: str, settings: WorkerSettings, fail_batch: Callable[[Any, BaseException], None]
+) -> None:
     """Enforce the stage task's time limits when the worker runs the solo pool (solo_limits.py)."""
     from digitflow.solo_limits import SoloLimits, is_solo
 
-    def fail(batch: Any, exc: BaseException) -> None:
-        from digitflow.stage import fail_batch_after_task_error
-
-        fail_batch_after_task_error(stage, ProcessResources(settings).store, batch, exc)
-
-    limits = SoloLimits(task_name, settings.soft_time_limit_s, settings.hard_time_limit_s, fail)
+    limits = SoloLimits(task_name, settings.soft_time_limit_s, settings.hard_time_limit_s, fail_batch)
     messages: dict[str, Any] = {}  # task id -> its kombu message, from receipt to the task's end
 
     @signals.worker_ready.connect(weak=False)
@@ -137,8 +139,6 @@ def _solo_time_limits(stage: str, task_name: str, settings: WorkerSettings, stat
     def _postrun(task_id: str = "", **_: Any) -> None:
         messages.pop(task_id, None)
         limits.finished(task_id)
-
-    state["solo_limits"] = limits
 
 
 class ProcessResources:
