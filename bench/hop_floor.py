@@ -1,6 +1,6 @@
 """The floor Celery puts under a lone job: a three-hop chain of tasks that do nothing.
 
-    python -m bench.hop_floor [--jobs 300] [--pool solo|prefork] [--json PATH]
+    python -m bench.hop_floor [--jobs 300] [--pool solo|prefork] [--events] [--json PATH]
 
 Three worker processes (one queue each, as the three stages), configured by digitflow's own
 ``make_celery`` and published with its ``hop_options``, run a chain whose tasks only return their
@@ -10,7 +10,8 @@ an idle system) on a private redis-server, and reports per hop the time from the
 (first hop) or the previous task's return (Celery then publishes the next hop and acknowledges)
 to the task's start, and end to end, from the client's send to the last task's push. What a digitflow
 lone job takes beyond that floor is its own work (preprocess, inference, postprocess, the job
-store, the HTTP request). Timestamps are ``time.time()`` of processes on one machine.
+store, the HTTP request). Task events are off, as in the bench's ``digitflow`` scenario;
+``--events`` turns them on, as ``make run`` has them. Timestamps are ``time.time()`` of processes on one machine.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ QUEUES = ("floor.a", "floor.b", "floor.c")
 DONE_KEY = "floor:done"
 
 
+def _settings(url: str, events: bool) -> CoreSettings:
+    return CoreSettings(redis_url=url, task_events=events)
+
+
 def _app() -> Celery:
-    app = make_celery(
-        "hop-floor", CoreSettings(redis_url=os.environ.get("FLOOR_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    )
+    url = os.environ.get("FLOOR_REDIS_URL", "redis://127.0.0.1:6379/0")
+    app = make_celery("hop-floor", _settings(url, os.environ.get("FLOOR_TASK_EVENTS") == "1"))
     done = redis.Redis.from_url(app.conf.broker_url)
 
     def hop(name: str, last: bool) -> None:
@@ -60,11 +64,11 @@ def _app() -> Celery:
 app = _app()  # what `celery -A bench.hop_floor:app worker` loads
 
 
-def measure(jobs: int, pool: str) -> dict[str, Any]:
+def measure(jobs: int, pool: str, events: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="digitflow-floor-") as tmp:
         port = free_port()
         url = f"redis://127.0.0.1:{port}/0"
-        env = {**os.environ, "FLOOR_REDIS_URL": url}
+        env = {**os.environ, "FLOOR_REDIS_URL": url, "FLOOR_TASK_EVENTS": "1" if events else "0"}
         procs = [subprocess.Popen(redis_argv(Path(tmp), port), stdout=subprocess.DEVNULL)]
         try:
             for queue in QUEUES:
@@ -72,7 +76,7 @@ def measure(jobs: int, pool: str) -> dict[str, Any]:
                 argv += ["--concurrency", "1", "--pool", pool, "--loglevel", "WARNING", "-n", f"{queue}@%h"]
                 argv += ["--without-gossip", "--without-mingle"]
                 procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            client = make_celery("hop-floor-client", CoreSettings(redis_url=url))
+            client = make_celery("hop-floor-client", _settings(url, events))
             r = redis.Redis.from_url(url)
             rows = [_one(client, r) for _ in range(jobs + 20)][20:]  # the first ones warm up
         finally:
@@ -86,6 +90,7 @@ def measure(jobs: int, pool: str) -> dict[str, Any]:
     p99 = lambda xs: round(1000 * sorted(xs)[int(0.99 * (len(xs) - 1))], 2)  # noqa: E731
     return {
         "pool": pool,
+        "events": events,
         "jobs": jobs,
         "hop_p50_ms": [ms(h) for h in hops],
         "chain_p50_ms": ms(total),
@@ -112,11 +117,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--pool", choices=("solo", "prefork"), default="solo")
+    parser.add_argument("--events", action="store_true", help="task events on, as make run has them")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    out = measure(args.jobs, args.pool)
+    out = measure(args.jobs, args.pool, args.events)
+    label = f"{args.pool}, task events" if args.events else args.pool
     print(
-        f"{args.pool}: three empty hops, p50 per hop {out['hop_p50_ms']} ms (publish -> task start); "
+        f"{label}: three empty hops, p50 per hop {out['hop_p50_ms']} ms (publish -> task start); "
         f"chain p50 {out['chain_p50_ms']} ms, p99 {out['chain_p99_ms']} ms (send -> last task done)"
     )
     if args.json:
