@@ -176,7 +176,7 @@ class PredictionLog:
         if until is not None:
             query = query.where(predictions.c.at < until)
         with self.engine.connect() as conn:
-            return list(conn.execute(query.order_by(predictions.c.id.desc()).limit(limit)))
+            return list(conn.execute(query.order_by(predictions.c.id.desc()).limit(limit)).fetchall())
 
     def embeddings(self, ids: Sequence[int]) -> list[bytes]:
         if not ids:

@@ -8,7 +8,7 @@ Windows with no traffic have ``jobs: 0`` and null statistics; drift alerts need 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from digitflow.predlog import PredictionLog
 from digitflow.reference import INPUT_STATS, Reference
 from digitflow.settings import MonitorSettings
 from monitor_worker import drift_stats as ds
+from monitor_worker.frame import Frame
 
 WINDOWS = {"1h": 3600.0, "1d": 86400.0, "7d": 7 * 86400.0}
 KS_MIN_ROWS = 200  # rows before an input-statistic KS test may alert (see window_stats)
@@ -33,26 +34,14 @@ def thresholds(s: MonitorSettings) -> dict[str, float]:
     return {"p_value": s.p_value, "psi": s.psi, "accuracy_drop": s.accuracy_drop, "outlier_rate": s.outlier_rate}
 
 
-def _col(rows: Sequence[Any], name: str) -> np.ndarray:
-    return np.array([getattr(r, name) for r in rows], dtype=np.float64)
-
-
-def _accuracy(rows: Sequence[Any]) -> tuple[int, float | None]:
-    labelled = [r for r in rows if r.true_label is not None]
-    if not labelled:
-        return 0, None
-    return len(labelled), float(np.mean([r.label == r.true_label for r in labelled]))
-
-
-def _embeddings(log: PredictionLog, rows: Sequence[Any], n: int, rng: np.random.Generator) -> np.ndarray:
-    ids = [r.id for r in rows]
-    pick = [ids[i] for i in rng.choice(len(ids), min(n, len(ids)), replace=False)]
+def _embeddings(log: PredictionLog, ids: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    pick = [int(ids[i]) for i in rng.choice(len(ids), min(n, len(ids)), replace=False)]
     blobs = log.embeddings(pick)
     return np.array([np.frombuffer(b, dtype=np.float16) for b in blobs], dtype=np.float32)
 
 
 def window_stats(
-    rows: Sequence[Any], ref: Reference | None, s: MonitorSettings, log: PredictionLog, classes: int, seed: int = 0
+    rows: Frame, ref: Reference | None, s: MonitorSettings, log: PredictionLog, classes: int, seed: int = 0
 ) -> dict[str, Any]:
     """The contract's window object for ``rows`` (one version's rows in the window)."""
     n = len(rows)
@@ -69,10 +58,10 @@ def window_stats(
     }
     if n == 0:
         return out
-    out["labelled"], out["accuracy"] = _accuracy(rows)
-    out["estimated_accuracy"] = ds.estimated_accuracy(_col(rows, "calibrated"))
-    out["outlier_rate"] = float(np.mean([bool(r.outlier) for r in rows]))
-    counts = ds.class_counts(_col(rows, "label").astype(np.int64), classes)
+    out["labelled"], out["accuracy"] = rows.accuracy()
+    out["estimated_accuracy"] = ds.estimated_accuracy(rows.calibrated)
+    out["outlier_rate"] = float(np.mean(rows.outlier))
+    counts = ds.class_counts(rows.label, classes)
     out["class_mix"] = [round(float(c) / n, 4) for c in counts]
     if ref is None:
         return out
@@ -85,7 +74,7 @@ def window_stats(
         "psi": psi,
         "alert": enough and chi.p_value < s.p_value and psi > s.psi,
     }
-    conf = ds.ks(_col(rows, "confidence"), ref.maxprob)
+    conf = ds.ks(rows.confidence, ref.maxprob)
     out["confidence_drift"] = {
         "ks": conf.statistic,
         "p_value": conf.p_value,
@@ -101,13 +90,13 @@ def window_stats(
     # drift demo's normal traffic); from 200 jobs on it stays under 0.21.
     level = s.p_value / len(INPUT_STATS)
     for name in INPUT_STATS:
-        values = _col(rows, name)
+        values = getattr(rows, name)
         values = values[~np.isnan(values)]
         if len(values):
             test = ds.ks(values, getattr(ref, name))
             inputs[name] = {"ks": test.statistic, "p_value": test.p_value}
             alert |= len(values) >= KS_MIN_ROWS and test.p_value < level and test.statistic > s.ks_effect
-    emb = _embeddings(log, rows, s.sample_size, np.random.default_rng(seed))
+    emb = _embeddings(log, rows.id, s.sample_size, np.random.default_rng(seed))
     if len(emb) >= 2:
         mmd = ds.mmd_permutation(emb, ref.embeddings, s.permutations, seed=seed, max_n=s.sample_size)
         inputs["embedding_mmd"] = {"mmd": mmd.statistic, "p_value": mmd.p_value}
@@ -153,29 +142,24 @@ def window_alerts(
     return [{**a, "window": window} for a in alerts]
 
 
-def series(
-    rows: Sequence[Any], ref: Reference | None, s: MonitorSettings, now: float, classes: int
-) -> list[dict[str, Any]]:
+def series(rows: Frame, ref: Reference | None, s: MonitorSettings, now: float, classes: int) -> list[dict[str, Any]]:
     """Fixed-width time buckets (BUCKET_S, the last MAX_BUCKETS), oldest first; empty ones skipped."""
     width = s.bucket_s
     start = (now // width - s.max_buckets + 1) * width
-    buckets: dict[int, list[Any]] = {}
-    for r in rows:
-        if r.at >= start:
-            buckets.setdefault(int((r.at - start) // width), []).append(r)
+    bucket = np.where(rows.at >= start, (rows.at - start) // width, -1).astype(np.int64)
     out = []
-    for b in sorted(buckets):
-        group = buckets[b]
+    for b in np.unique(bucket[bucket >= 0]):
+        group = rows.take(bucket == b)
         n = len(group)
-        labelled, acc = _accuracy(group)
-        counts = ds.class_counts(_col(group, "label").astype(np.int64), classes)
+        labelled, acc = group.accuracy()
+        counts = ds.class_counts(group.label, classes)
         point: dict[str, Any] = {
-            "t": start + b * width,
+            "t": start + int(b) * width,
             "jobs": n,
             "labelled": labelled,
             "accuracy": acc,
-            "estimated_accuracy": ds.estimated_accuracy(_col(group, "calibrated")),
-            "outlier_rate": float(np.mean([bool(r.outlier) for r in group])),
+            "estimated_accuracy": ds.estimated_accuracy(group.calibrated),
+            "outlier_rate": float(np.mean(group.outlier)),
             "psi": None,
             "confidence_ks": None,
             "mmd": None,
@@ -184,7 +168,7 @@ def series(
         }
         if ref is not None:
             point["psi"] = ds.psi(counts, ref.class_freq)
-            conf = ds.ks(_col(group, "confidence"), ref.maxprob)
+            conf = ds.ks(group.confidence, ref.maxprob)
             point["confidence_ks"] = conf.statistic
             if n >= s.min_jobs:
                 if point["psi"] > s.psi:
@@ -222,20 +206,18 @@ def model_report(
     """The report of ``model``: every version seen in the 7-day window (and production)."""
     now = time.time() if now is None else now
     longest = max(WINDOWS.values()) * s.window_scale
-    rows = log.window(model, now - longest)
-    versions = sorted(
-        {str(r.version) for r in rows} | ({production} if production else set()), key=lambda v: (len(v), v)
-    )
+    rows = Frame.of(log.window(model, now - longest))
+    versions = sorted(set(rows.version) | ({production} if production else set()), key=lambda v: (len(v), v))
     out = []
     for version in versions:
         ref = references(version)
-        mine = [r for r in rows if str(r.version) == version]
+        mine = rows.take(rows.version == version)
         classes = len(ref.class_freq) if ref is not None else 10
         deployed_at = log.first_seen(model, version)
         windows = {}
         alerts: list[dict[str, Any]] = []
         for i, (name, seconds) in enumerate(WINDOWS.items()):
-            in_window = [r for r in mine if r.at >= now - seconds * s.window_scale]
+            in_window = mine.take(mine.at >= now - seconds * s.window_scale)
             windows[name] = window_stats(in_window, ref, s, log, classes, seed=i)
             alerts += window_alerts(name, windows[name], ref, s)
         out.append(
