@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digitflow.model_files import install_dir, read_model_json
 from digitflow.reference import REFERENCE_FILE, Reference, load_reference
 from digitflow.settings import MonitorSettings
+
+if TYPE_CHECKING:
+    from digitflow.model_store import RegistryStore
 
 logger = logging.getLogger("monitor_worker.references")
 
@@ -21,6 +25,16 @@ class References:
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
         self._cache: dict[tuple[str, str], Reference | None] = {}
+        self._store: RegistryStore | None = None
+
+    def store(self) -> RegistryStore:
+        """One MLflow client for the process: opening its store (and checking its schema) costs
+        about 2 s of CPU on a 2-core VM, which each fetched reference paid before."""
+        if self._store is None:
+            from digitflow.model_store import RegistryStore
+
+            self._store = RegistryStore(self.settings.tracking_uri, self.settings.artifact_root)
+        return self._store
 
     def get(self, name: str, version: str) -> Reference | None:
         """The reference of ``name`` ``version``, or None when it has none or cannot be fetched."""
@@ -34,16 +48,13 @@ class References:
         return self._cache[key]
 
     def _load(self, name: str, version: str) -> Reference | None:
-        from digitflow.model_store import RegistryStore
-
         s = self.settings
         target = s.var_dir / "monitor-cache" / name / version
 
         def fill(tmp: Path) -> None:
-            store = RegistryStore(s.tracking_uri, s.artifact_root)
             scratch = tmp.parent / f"{tmp.name}.dl"
             try:
-                shutil.move(str(store.download(name, version, scratch)), tmp)
+                shutil.move(str(self.store().download(name, version, scratch)), tmp)
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
 

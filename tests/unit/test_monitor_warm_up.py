@@ -1,0 +1,29 @@
+"""The monitor worker imports MLflow and opens the prediction log when it starts, not in its
+first report (which would spend seconds of CPU beside the job path): a fresh interpreter loads
+monitor_worker.worker, then Celery's worker_ready fires."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = """
+import json, sys
+import monitor_worker.worker
+from celery.signals import worker_ready
+before = "mlflow" in sys.modules
+worker_ready.send(sender=None)
+print(json.dumps({"before": before, "after": "mlflow" in sys.modules}))
+"""
+
+
+def test_mlflow_is_imported_at_worker_start_not_in_the_first_report(tmp_path: Path) -> None:
+    env = {**os.environ, "VAR_DIR": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"before": False, "after": True}
+    assert (tmp_path / "predictions.db").is_file()  # the prediction log was opened (SQLite by default)
