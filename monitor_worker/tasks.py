@@ -184,13 +184,16 @@ def register_tasks(app: Celery, settings: MonitorSettings) -> None:
         return state["client"], state["log"], state["refs"]
 
     @worker_ready.connect(weak=False)
-    def warm_up(**_: Any) -> None:
+    def warm_up(sender: Any = None, **_: Any) -> None:
         # The first report would otherwise import MLflow (the registry client that fetches the
         # references: most of the 3.5 s of CPU that run took on a 2-core VM) and compile the
         # prediction log's queries while the job path is serving; at start the cost lands before
         # traffic. MLflow's store is opened only for versions the registry view lists: opening it
         # first would create the registry's database before the registry service's first-start
         # bootstrap, which then registered nothing (caught by the canary tests).
+        if getattr(sender, "app", app) is not app:
+            return  # another app's worker in this process (the signal is global)
+        started = time.perf_counter()
         quiet_mlflow()
         import mlflow  # noqa: F401
 
@@ -201,6 +204,7 @@ def register_tasks(app: Celery, settings: MonitorSettings) -> None:
                 production = production_of(entry)
                 if production:
                     refs.get(name, production)
+        log_event(logger, "monitor_warmed_up", duration_ms=round((time.perf_counter() - started) * 1000, 1))
 
     @app.task(name=MONITOR_RUN, acks_late=False)
     def run(payload: dict[str, Any]) -> dict[str, Any]:

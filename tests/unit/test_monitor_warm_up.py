@@ -12,7 +12,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
-import json, sys
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
 import monitor_worker.worker
 from celery.signals import worker_ready
 before = "mlflow" in sys.modules
@@ -27,3 +28,4 @@ def test_mlflow_is_imported_at_worker_start_not_in_the_first_report(tmp_path: Pa
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"before": False, "after": True}
     assert (tmp_path / "predictions.db").is_file()  # the prediction log was opened (SQLite by default)
+    assert "monitor_warmed_up" in done.stderr  # the event a real worker logs at start, with its duration
