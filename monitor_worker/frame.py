@@ -37,7 +37,7 @@ class Frame:
     @classmethod
     def of(cls, rows: Sequence[Any]) -> Frame:
         """Columns of SQLAlchemy rows (anything with the columns as named tuple fields)."""
-        by_name: dict[str, Sequence[Any]] = {}
+        by_name: dict[str, Sequence[Any]]
         if rows:
             by_name = dict(zip(rows[0]._fields, zip(*rows, strict=True), strict=True))
         else:

@@ -76,7 +76,8 @@ def build_reference(net: DigitNet, ds: Dataset, seed: int = 0) -> Reference:
     # which exposure pulls towards the class means: docs/models.md); without, Mahalanobis.
     detector = MAX_SOFTMAX if len(ds.x_outlier) else MAHALANOBIS
     held_feats, held_logits = features_and_logits(net, ds.x_held)
-    uploads = features_and_logits(net, realistic_uploads()[0]) if digit_model else None
+    x_uploads, y_uploads = realistic_uploads() if digit_model else (None, None)
+    uploads = features_and_logits(net, x_uploads) if x_uploads is not None else None
     if detector == MAHALANOBIS:
         x_fit, y_fit = ds.x_train[take], ds.y_train[take]
         if ds.augment:
@@ -91,9 +92,9 @@ def build_reference(net: DigitNet, ds: Dataset, seed: int = 0) -> Reference:
         # realistic uploads, instead of a forward pass over 32,000 training images (most of a
         # retrain's calibration time on a CPU).
         feats, labels = held_feats, ds.y_held
-        if uploads is not None:
+        if uploads is not None and y_uploads is not None:
             feats = np.concatenate([feats, uploads[0]])
-            labels = np.concatenate([labels, realistic_uploads()[1]])
+            labels = np.concatenate([labels, y_uploads])
         means, precision = fit_detector(feats, labels, len(ds.labels))
     empty = np.zeros(0)
     ref = Reference(
