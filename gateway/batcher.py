@@ -11,6 +11,11 @@ was full gave batches of 4-5 jobs and a third of the throughput. A batch's slot 
 its jobs are finished (the completion listener tells us) or after ``slot_timeout_s``, a safety
 net for lost batches. The cap can change at run time (``set_max_in_flight``): the gateway sizes
 it to the preprocess fleet it sees, so scaling workers out is not throttled here.
+
+A send that fails goes to ``on_send_error``. When that settles the jobs (records them failed) it
+returns True; when it returns False or raises (the broker is away, and with it the job store),
+the jobs go back to the head of the queue and the next send waits a backoff (RETRY_DELAYS_S),
+so a Redis restart delays accepted jobs instead of leaving them queued until their deadline.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from digitflow.messages import Item
 
 logger = logging.getLogger("gateway.batcher")
 SendFn = Callable[[str, list[Item]], None]
+# Waits before re-sending after consecutive failures: short, so jobs leave soon after Redis is
+# back; capped, so an outage costs one attempt every 2 s, not a busy loop.
+RETRY_DELAYS_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 @dataclass
@@ -43,7 +51,7 @@ class Batcher:
         wait_s: float,
         max_in_flight: int,
         slot_timeout_s: float = 30.0,
-        on_send_error: Callable[[list[Item], Exception], None] | None = None,
+        on_send_error: Callable[[list[Item], Exception], bool] | None = None,
     ) -> None:
         self._send = send
         self.batch_max, self.wait_s, self.max_in_flight = batch_max, wait_s, max_in_flight
@@ -55,6 +63,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._failures = 0  # consecutive failed sends
+        self._retry_at = 0.0  # monotonic time before which no batch leaves
 
     def submit(self, items: Sequence[Item]) -> None:
         with self._cond:
@@ -120,14 +130,16 @@ class Batcher:
                     self._batch_of.pop(job_id, None)
                 del self._in_flight[batch_id]
 
-    def _next_batch(self) -> tuple[str, list[Item]] | None:
+    def _next_batch(self) -> tuple[str, list[tuple[float, Item]]] | None:
         with self._cond:
             while True:
                 if self._closed:
                     return None
                 now = time.monotonic()
                 self._expire_slots(now)
-                if self._pending:
+                if self._pending and now < self._retry_at:
+                    self._cond.wait(timeout=self._retry_at - now)
+                elif self._pending:
                     busy = len(self._in_flight)
                     waited = now - self._pending[0][0]
                     if busy == 0 or (
@@ -143,26 +155,47 @@ class Batcher:
                 else:
                     self._cond.wait(timeout=1.0)
             n = min(self.batch_max, len(self._pending))
-            items = [self._pending.popleft()[1] for _ in range(n)]
+            entries = [self._pending.popleft() for _ in range(n)]
             batch_id = uuid.uuid4().hex[:16]
-            self._in_flight[batch_id] = _InFlight({item["job_id"] for item in items})
-            for item in items:
+            self._in_flight[batch_id] = _InFlight({item["job_id"] for _, item in entries})
+            for _, item in entries:
                 self._batch_of[item["job_id"]] = batch_id
-            return batch_id, items
+            return batch_id, entries
 
     def _loop(self) -> None:
         while True:
             nxt = self._next_batch()
             if nxt is None:
                 return
-            batch_id, items = nxt
+            batch_id, entries = nxt
+            items = [item for _, item in entries]
             try:
                 self._send(batch_id, items)
             except Exception as exc:  # broker unreachable: the jobs must not vanish silently
                 logger.exception("sending batch failed", extra={"event": "batch_send_failed", "batch_id": batch_id})
                 self.finished(item["job_id"] for item in items)
-                if self._on_send_error is not None:
-                    try:
-                        self._on_send_error(items, exc)
-                    except Exception:
-                        logger.exception("could not record the failed batch", extra={"event": "batch_fail_unrecorded"})
+                if not self._settle(items, exc):
+                    self._requeue(entries)
+            else:
+                self._failures = 0
+
+    def _settle(self, items: list[Item], exc: Exception) -> bool:
+        if self._on_send_error is None:
+            return False
+        try:
+            return self._on_send_error(items, exc)
+        except Exception:
+            logger.exception("could not record the failed batch", extra={"event": "batch_fail_unrecorded"})
+            return False
+
+    def _requeue(self, entries: list[tuple[float, Item]]) -> None:
+        """Put unsent jobs back at the head of the queue, keeping their wait, and back off."""
+        delay = RETRY_DELAYS_S[min(self._failures, len(RETRY_DELAYS_S) - 1)]
+        self._failures += 1
+        with self._cond:
+            self._pending.extendleft(reversed(entries))
+            self._retry_at = time.monotonic() + delay
+        logger.warning(
+            "batch kept for retry",
+            extra={"event": "batch_send_retry", "jobs": len(entries), "retry_in_s": delay, "attempt": self._failures},
+        )

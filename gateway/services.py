@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
+import kombu.exceptions
 import redis
 from celery import Celery
 from flask import current_app, has_request_context, request
@@ -35,6 +36,8 @@ from gateway.completions import CompletionListener
 from gateway.model_lookup import ModelViewCache
 
 logger = logging.getLogger("gateway")
+# What a send raises while Redis cannot be reached (kombu wraps redis-py's errors).
+_BROKER_AWAY = (kombu.exceptions.OperationalError, redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 @dataclass
@@ -99,10 +102,18 @@ class GatewayServices:
         except redis.RedisError as exc:  # sent already; a gateway adopting them later re-runs at worst
             logger.warning("backlog not trimmed: %s", exc, extra={"event": "backlog_trim_failed"})
 
-    def _fail_unsent(self, items: list[Item], exc: Exception) -> None:
+    def _fail_unsent(self, items: list[Item], exc: Exception) -> bool:
+        """The batcher's send failed: False keeps the jobs for a retry, True means recorded failed.
+
+        A broker that is away (Redis restarting) is no fault of the jobs: they stay queued, in
+        the batcher and in this gateway's backlog, and leave once it answers. Any other error
+        would fail again, so the jobs end now as service_unavailable."""
+        if isinstance(exc, _BROKER_AWAY):
+            return False
         err: DigitflowError = ServiceUnavailableError(f"the job could not be queued: {type(exc).__name__}")
         self.store.fail_unsent([item["job_id"] for item in items], err)
         self._forget_sent(items)
+        return True
 
     def dispatch(self, items: list[Item]) -> None:
         self.ensure_started()

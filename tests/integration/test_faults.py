@@ -210,8 +210,7 @@ def test_redis_restart_mid_stream(tmp_path: Path) -> None:
         jobs = wait_all(stack, ids, timeout_s=150)
         statuses = Counter(str(j["status"]) for j in jobs)
         codes = Counter(str(j["error"]["code"]) for j in jobs if j["status"] == "failed")  # type: ignore[index]
-        # Printed on every run: a job that waits for JOB_DEADLINE_S (120 s) shows here as
-        # deadline_exceeded and a long wait (seen once, in a full suite run: 128 s in all).
+        # Printed on every run: recovery time and how the jobs ended.
         print(
             f"\n[redis restart] gateway 503 in {answered_in * 1000:.0f} ms; "
             f"ready {ready_after:.1f} s after Redis returned; all ended {time.monotonic() - restarted:.1f} s "
@@ -219,10 +218,12 @@ def test_redis_restart_mid_stream(tmp_path: Path) -> None:
         )
         assert statuses["succeeded"] + statuses["failed"] == 40, statuses
         failures = [j["error"] for j in jobs if j["status"] == "failed"]
-        # A stage whose batch was blocked on Redis through the outage can also run out of its time
+        # A stage whose batch was blocked on Redis through the outage can run out of its time
         # limit (seen once in four runs, at postprocess): stage_timeout names the stage, and the
-        # job still ends. Any other code, or a job left unfinished, is a defect.
-        allowed = {"deadline_exceeded", "service_unavailable", "stage_timeout"}
+        # job still ends. deadline_exceeded would mean a job nobody sent (the gateway keeps and
+        # re-sends a batch whose send met no Redis: gateway/batcher.py); before that fix, 20 of
+        # 40 jobs once waited the whole JOB_DEADLINE_S. Any other code is a defect too.
+        allowed = {"service_unavailable", "stage_timeout"}
         assert all(f["code"] in allowed for f in failures), failures  # type: ignore[index]
         assert statuses["succeeded"] >= 20, statuses
     finally:

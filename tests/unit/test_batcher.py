@@ -115,14 +115,80 @@ def test_slot_frees_only_when_every_job_of_the_batch_finished() -> None:
 
 def test_send_failure_reports_the_jobs_and_frees_the_slot() -> None:
     failed: list[list[str]] = []
+    sends: list[list[str]] = []
 
     def broken(batch_id: str, batch: list[Item]) -> None:
-        raise ConnectionError("broker down")
+        sends.append([i["job_id"] for i in batch])
+        raise ValueError("cannot encode")
 
-    batcher = Batcher(broken, 8, 10.0, 1, on_send_error=lambda its, exc: failed.append([i["job_id"] for i in its]))
+    def settle(its: list[Item], exc: Exception) -> bool:
+        failed.append([i["job_id"] for i in its])
+        return True
+
+    batcher = Batcher(broken, 8, 10.0, 1, on_send_error=settle)
     batcher.submit(items("a", "b"))
     wait_for(lambda: failed == [["a", "b"]])
     wait_for(lambda: batcher.in_flight == 0)
+    time.sleep(0.3)
+    assert sends == [["a", "b"]], "settled jobs are not sent again"
+    assert batcher.pending == 0
+    batcher.close()
+
+
+class Flaky:
+    """A broker that refuses the first ``failures`` sends."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.attempts: list[tuple[float, list[str]]] = []
+        self.sent: list[list[str]] = []
+
+    def __call__(self, batch_id: str, batch: list[Item]) -> None:
+        ids = [i["job_id"] for i in batch]
+        self.attempts.append((time.monotonic(), ids))
+        if len(self.attempts) <= self.failures:
+            raise ConnectionError("broker down")
+        self.sent.append(ids)
+
+
+def test_unsettled_send_failure_keeps_the_jobs_first_in_line_and_retries_with_backoff() -> None:
+    flaky = Flaky(failures=3)
+    unsettled: list[list[str]] = []
+
+    def store_down(its: list[Item], exc: Exception) -> bool:
+        unsettled.append([i["job_id"] for i in its])
+        raise ConnectionError("the job store is down too")
+
+    batcher = Batcher(flaky, batch_max=8, wait_s=10.0, max_in_flight=1, on_send_error=store_down)
+    start = time.monotonic()
+    batcher.submit(items("a", "b"))
+    wait_for(lambda: len(flaky.attempts) >= 2)
+    batcher.submit(items("c"))  # arrives during the outage: waits behind the kept jobs
+    wait_for(lambda: len(flaky.attempts) >= 3 and batcher.pending == 3)
+    # The overload check reads this: kept jobs keep their wait since submit, not since the retry.
+    assert batcher.oldest_wait_s > time.monotonic() - start - 0.1
+    wait_for(lambda: flaky.sent, timeout=5.0)
+    assert flaky.sent[0][:2] == ["a", "b"], "kept jobs leave first, in their order"
+    assert [ids for _, ids in flaky.attempts][:2] == [["a", "b"], ["a", "b"]]
+    assert len(unsettled) == 3
+    gaps = [b[0] - a[0] for a, b in zip(flaky.attempts, flaky.attempts[1:], strict=False)]
+    assert gaps[0] >= 0.09 and gaps[2] >= 0.45, f"backs off between attempts: {gaps}"
+    batcher.finished(["a", "b", "c"])
+    wait_for(lambda: sum(len(s) for s in flaky.sent) == 3)
+    assert time.monotonic() - start < 5.0
+    batcher.close()
+
+
+def test_a_send_after_recovery_resets_the_backoff() -> None:
+    flaky = Flaky(failures=4)
+    batcher = Batcher(flaky, batch_max=8, wait_s=10.0, max_in_flight=1, on_send_error=lambda its, exc: False)
+    batcher.submit(items("a"))
+    wait_for(lambda: flaky.sent == [["a"]], timeout=5.0)
+    batcher.finished(["a"])
+    submitted = time.monotonic()
+    batcher.submit(items("b"))
+    wait_for(lambda: len(flaky.sent) == 2)
+    assert flaky.attempts[-1][0] - submitted < 0.09, "no backoff once a send went through"
     batcher.close()
 
 
