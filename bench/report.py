@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.preprocess_cost import targets as preprocess_targets
 from bench.procstats import MemoryPeak
 from bench.runner import Measurement
 
@@ -127,9 +128,13 @@ def ratios(rows: list[dict[str, Any]], inflights: tuple[int, ...], batch_label: 
 
 
 def targets(
-    rows: list[dict[str, Any]], ratio_rows: list[dict[str, Any]], memory: dict[str, Any]
+    rows: list[dict[str, Any]],
+    ratio_rows: list[dict[str, Any]],
+    memory: dict[str, Any],
+    preprocessing: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The issue's targets, each with the value seen and whether it was met."""
+    """The issue's targets, each with the value seen and whether it was met (``preprocessing``:
+    bench.preprocess_cost's report, where it ran)."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, value: float | None, limit: float, higher_is_better: bool) -> None:
@@ -161,6 +166,9 @@ def targets(
     for service in ("gateway", "preprocess", "postprocess"):
         peak = memory.get("digitflow", {}).get(service)
         add(f"{service} largest process RSS MB <= 150", peak["largest_mb"] if peak else None, 150.0, False)
+    if preprocessing:
+        for name, value, limit, higher in preprocess_targets(preprocessing):
+            add(name, value, limit, higher)
     return out
 
 

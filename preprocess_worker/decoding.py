@@ -26,6 +26,10 @@ _CUT_OUT = 0.6  # over this share of opaque pixels, the opaque part may be a she
 _HIGH_DEPTH = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _TRANSPARENT = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)
+# The long side every upload is brought down to before the per-pixel steps. 192 px keeps a
+# 20 px digit's strokes several pixels wide; against 256 px it costs 0.81-0.84x the CPU per
+# photo with the same accuracy per population (docs/performance.md, python -m bench.preprocess_cost).
+WORK_SIZE = 192
 
 
 @contextmanager
@@ -47,7 +51,7 @@ def opened_upload(data: bytes, max_pixels: int, work_size: int) -> Iterator[Imag
         raise InvalidImageError("The image data is corrupt or truncated.", format=info.format) from exc
 
 
-def decode_array(data: bytes, max_pixels: int, work_size: int = 256) -> np.ndarray:
+def decode_array(data: bytes, max_pixels: int, work_size: int = WORK_SIZE) -> np.ndarray:
     """Decode an upload into a uint8 ink map (ink bright, background dark), upright per EXIF,
     at most ``work_size`` pixels on its long side.
 

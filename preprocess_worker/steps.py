@@ -15,7 +15,7 @@ from PIL import Image
 
 from digitflow.errors import NoInkError
 from preprocess_worker.components import join_faint, keep_digit, percentile
-from preprocess_worker.decoding import decode_array, shrink, working_mode
+from preprocess_worker.decoding import WORK_SIZE, decode_array, shrink, working_mode
 from preprocess_worker.levels import MIN_CONTRAST, ink_levels, remove_background
 from preprocess_worker.shaping import BOX, SIDE, centre, shape
 
@@ -34,7 +34,7 @@ def preprocess(data: bytes, max_pixels: int) -> bytes:
     return _normalize_levels(_working_levels(decode_array(data, max_pixels))).tobytes()
 
 
-def decode(data: bytes, max_pixels: int, work_size: int = 256) -> Image.Image:
+def decode(data: bytes, max_pixels: int, work_size: int = WORK_SIZE) -> Image.Image:
     """Decode an upload into an 8-bit ink map (ink bright, background dark), upright per EXIF,
     at most ``work_size`` pixels on its long side.
 

@@ -142,3 +142,37 @@ def test_a_failed_build_step_names_the_step_and_shows_the_log_tail(tmp_path: Pat
     with pytest.raises(PeerVenvError, match=r"pip install bentoml==1\.4\.\* failed \(exit 1\)") as info:
         _run("pip install bentoml==1.4.*", failing, tmp_path / "build.log")
     assert "No matching distribution found" in str(info.value) and str(tmp_path / "build.log") in str(info.value)
+
+
+def test_preprocessing_targets_read_the_shipped_size_against_the_one_before() -> None:
+    from bench import preprocess_cost
+
+    report = {
+        "work_size": 192,
+        "before": 256,
+        "cpu_ms_per_upload": {"bench_images": {"192": 2.1, "256": 2.7}, "photos": {"192": 1.8, "256": 2.3}},
+        "uploads": {"bench_images": 200, "photos": 1100},
+        "accuracy_bench_images": {"192": 0.985, "256": 0.99},
+        "skipped": {"canvases": "install fonts-x"},
+    }
+    listed = {t["target"]: t for t in targets([], [], {}, report)}
+    assert listed["preprocess CPU ms/photo in-process <= 2"]["met"] is True
+    assert listed["preprocess CPU ms/bench image <= 2"] == {
+        "target": "preprocess CPU ms/bench image <= 2",
+        "value": 2.1,
+        "limit": 2.0,
+        "met": False,
+    }
+    assert listed["bench images accuracy >= at 256 px (99.0%)"]["met"] is False  # 98.5% < 99.0%
+    text = preprocess_cost.render(report)
+    assert "photos        (1100)   1.80 vs   2.30  (0.78x)" in text and "skipped canvases: install fonts-x" in text
+
+
+def test_preprocessing_cost_times_each_set_at_each_size() -> None:
+    from bench import preprocess_cost
+    from bench.images import make_images
+
+    uploads = [image.data for image in make_images(4)]
+    cost = preprocess_cost.cpu_ms({"bench_images": uploads}, (192, 256), repeats=1)
+    assert set(cost["bench_images"]) == {"192", "256"}
+    assert all(0 < ms < 1000 for ms in cost["bench_images"].values())
