@@ -87,6 +87,23 @@ def wait_all(stack: Stack, ids: list[str], timeout_s: float) -> list[dict[str, o
     return jobs
 
 
+def broker_state(url: str) -> dict[str, object]:
+    """What kombu's Redis transport holds: delivered-but-unacknowledged messages (restored to
+    their queue after VISIBILITY_TIMEOUT_S, under a mutex any worker may hold) and queue depths."""
+    client = redis.Redis.from_url(url)
+    try:
+        now = time.time()
+        index = client.zrange("unacked_index", 0, -1, withscores=True)
+        return {
+            "unacked": client.hlen("unacked"),
+            "unacked_ages_s": [round(now - score, 1) for _, score in index],
+            "unacked_mutex_ttl_s": client.ttl("unacked_mutex"),
+            "queues": {q: client.llen(q) for q in ("preprocess", "inference", "postprocess")},
+        }
+    finally:
+        client.close()
+
+
 def pool_children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -119,7 +136,8 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing(fault_stack: Stack, service
     recovery = time.monotonic() - killed_at
     done.close()
     print(f"\n[{service} {victim}] all 60 jobs finished {recovery:.1f} s after kill -9")
-    assert [j["status"] for j in jobs] == ["succeeded"] * 60, [j["error"] for j in jobs if j["status"] != "succeeded"]
+    statuses = Counter(str(j["status"]) for j in jobs)
+    assert statuses == {"succeeded": 60}, f"{dict(statuses)}; broker: {broker_state(stack.config.redis_url)}"
     correct = sum(j["result"]["label"] == label for j, (_, label) in zip(jobs, images, strict=True))  # type: ignore[index]
     assert correct >= 55
     assert all(done.counts[job_id] == 1 for job_id in ids), "every job must record exactly one result"
