@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ class References:
         self.settings = settings
         self._cache: dict[tuple[str, str], Reference | None] = {}
         self._store: RegistryStore | None = None
+        self._lock = threading.RLock()  # the worker's warm-up thread and its task both fetch
 
     def store(self) -> RegistryStore:
         """One MLflow client for the process: opening its store (and checking its schema) costs
@@ -39,13 +41,14 @@ class References:
     def get(self, name: str, version: str) -> Reference | None:
         """The reference of ``name`` ``version``, or None when it has none or cannot be fetched."""
         key = (name, version)
-        if key not in self._cache:
-            try:
-                self._cache[key] = self._load(name, version)
-            except Exception as exc:  # registry unreachable: try again on the next run
-                logger.warning("no reference for %s %s: %s", name, version, exc)
-                return None
-        return self._cache[key]
+        with self._lock:
+            if key not in self._cache:
+                try:
+                    self._cache[key] = self._load(name, version)
+                except Exception as exc:  # registry unreachable: try again on the next run
+                    logger.warning("no reference for %s %s: %s", name, version, exc)
+                    return None
+            return self._cache[key]
 
     def _load(self, name: str, version: str) -> Reference | None:
         s = self.settings

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import threading
 import time
 import uuid
 from typing import Any
@@ -49,6 +50,8 @@ ACCURACY = Gauge(
 OUTLIERS = Gauge("digitflow_outlier_rate", "Share of jobs flagged as outliers", LABELS, multiprocess_mode="mostrecent")
 JOBS = Gauge("digitflow_monitored_jobs", "Jobs in the window", LABELS, multiprocess_mode="mostrecent")
 ALERT_KINDS = ("prediction_drift", "confidence_drift", "input_drift", "accuracy_drop", "outlier_rate")
+WARM_UP_WAIT_S = 120.0  # how long the warm-up waits for the registry to list a production version
+WARM_UP_POLL_S = 2.0
 RETRAIN_KINDS = {
     "prediction_drift": "drift",
     "confidence_drift": "drift",
@@ -174,37 +177,56 @@ def prune_log(s: MonitorSettings, client: redis.Redis, log: PredictionLog, now: 
 def register_tasks(app: Celery, settings: MonitorSettings) -> None:
     state: dict[str, Any] = {}
 
+    lock = threading.Lock()  # the warm-up thread and the task share these
+
     def resources() -> tuple[redis.Redis, PredictionLog, References]:
-        if not state:
-            state.update(
-                client=connect(settings.redis_url),
-                log=PredictionLog(settings.prediction_db_url),
-                refs=References(settings),
-            )
+        with lock:
+            if not state:
+                state.update(
+                    client=connect(settings.redis_url),
+                    log=PredictionLog(settings.prediction_db_url),
+                    refs=References(settings),
+                )
         return state["client"], state["log"], state["refs"]
 
-    @worker_ready.connect(weak=False)
-    def warm_up(sender: Any = None, **_: Any) -> None:
-        # The first report would otherwise import MLflow (the registry client that fetches the
-        # references: most of the 3.5 s of CPU that run took on a 2-core VM) and compile the
-        # prediction log's queries while the job path is serving; at start the cost lands before
-        # traffic. MLflow's store is opened only for versions the registry view lists: opening it
-        # first would create the registry's database before the registry service's first-start
-        # bootstrap, which then registered nothing (caught by the canary tests).
-        if getattr(sender, "app", app) is not app:
-            return  # another app's worker in this process (the signal is global)
-        started = time.perf_counter()
+    def warm(started: float) -> None:
         quiet_mlflow()
         import mlflow  # noqa: F401
 
         client, log, refs = resources()
-        with contextlib.suppress(SQLAlchemyError, redis.RedisError):  # not up yet: the first run says so
-            log.models()
-            for name, entry in read_view(client).items():
-                production = production_of(entry)
-                if production:
-                    refs.get(name, production)
-        log_event(logger, "monitor_warmed_up", duration_ms=round((time.perf_counter() - started) * 1000, 1))
+        # Under `make run` the registry starts beside this worker and bootstraps its view a few
+        # seconds later: wait for it (the references are what the first report would fetch).
+        deadline = time.monotonic() + WARM_UP_WAIT_S
+        fetched = 0
+        while True:
+            with contextlib.suppress(SQLAlchemyError, redis.RedisError):  # not up yet: look again
+                log.models()
+                versions = [(name, production_of(entry)) for name, entry in read_view(client).items()]
+                for name, version in versions:
+                    if version:
+                        fetched += refs.get(name, version) is not None
+            if fetched or time.monotonic() >= deadline:
+                break
+            time.sleep(WARM_UP_POLL_S)
+        log_event(
+            logger,
+            "monitor_warmed_up",
+            duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            references=fetched,
+        )
+
+    @worker_ready.connect(weak=False)
+    def warm_up(sender: Any = None, **_: Any) -> None:
+        # The first report would otherwise import MLflow and open its store (the registry client
+        # that fetches the references: most of the 2-3.5 s of CPU that report took on a 2-core
+        # VM) and compile the prediction log's queries while the job path is serving; at start
+        # the cost lands before traffic. MLflow's store is opened only for versions the registry
+        # view lists: opening it first would create the registry's database before the registry
+        # service's first-start bootstrap, which then registered nothing (caught by the canary
+        # tests). In a thread, so the worker takes tasks while the registry is still starting.
+        if getattr(sender, "app", app) is not app:
+            return  # another app's worker in this process (the signal is global)
+        threading.Thread(target=warm, args=(time.perf_counter(),), name="monitor-warm-up", daemon=True).start()
 
     @app.task(name=MONITOR_RUN, acks_late=False)
     def run(payload: dict[str, Any]) -> dict[str, Any]:

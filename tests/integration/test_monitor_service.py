@@ -107,6 +107,12 @@ def monitoring(stack: Stack) -> dict[str, Any]:
     return stack.session.get(f"{stack.base_url}/v1/monitoring/digits", timeout=10).json()  # type: ignore[no-any-return]
 
 
+def warmed_up(stack: Stack) -> int | None:
+    """How many references the monitor's warm-up fetched (None until it logs it)."""
+    done = [e for e in stack.log_events("monitor") if e.get("event") == "monitor_warmed_up"]
+    return int(done[-1]["references"]) if done else None
+
+
 def gauge(text: str, name: str, **labels: str) -> float | None:
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
@@ -115,6 +121,10 @@ def gauge(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_drift_is_detected_exported_and_retrained_away(stack: Stack, database: str | None) -> None:
+    # The registry bootstraps beside the monitor: its warm-up waits for the view and fetches the
+    # production reference before traffic, so the first report does not open MLflow's store.
+    wait_until(lambda: warmed_up(stack) is not None, 60, 0.5, what="the monitor's warm-up")
+    assert (warmed_up(stack) or 0) >= 1  # digits (and any other model the registry lists)
     sent = shifted_traffic(stack, JOBS)
     assert all(job["status"] == "succeeded" for job, _ in sent), [j for j, _ in sent if j["status"] != "succeeded"][:2]
     assert {job["model"]["version"] for job, _ in sent} == {"1"}
