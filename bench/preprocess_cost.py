@@ -25,19 +25,19 @@ from typing import Any
 
 from bench.images import make_images
 from digitflow.errors import DigitflowError
+from digitflow.settings import WorkerSettings
 
 BEFORE = 256  # the working size before issue 14 changed it
 MAX_MS_PER_PHOTO = 2.0
-SETS = ("bench_images", "photos", "canvases")
+MAX_PIXELS = WorkerSettings.max_image_pixels  # the preprocess worker's default limit
 
 
 def _preprocessor(work_size: int) -> Callable[[bytes], bytes | None]:
-    from preprocess_worker.decoding import decode_array
-    from preprocess_worker.steps import _normalize_levels, _working_levels
+    from preprocess_worker.steps import preprocess
 
     def run(data: bytes) -> bytes | None:
         try:
-            return bytes(_normalize_levels(_working_levels(decode_array(data, 12_000_000, work_size))).tobytes())
+            return preprocess(data, MAX_PIXELS, work_size)
         except DigitflowError:
             return None
 

@@ -26,12 +26,13 @@ _SOFT = 2  # px the kept mask is grown by (a 5x5 square) to keep those edges, as
 _FAINT = 0.5  # hysteresis: marks over this share of the ink threshold that touch the digit are ink
 
 
-def preprocess(data: bytes, max_pixels: int) -> bytes:
-    """Turn upload bytes into 784 row-major uint8 bytes, a 28x28 digit with bright ink.
+def preprocess(data: bytes, max_pixels: int, work_size: int = WORK_SIZE) -> bytes:
+    """Turn upload bytes into 784 row-major uint8 bytes, a 28x28 digit with bright ink
+    (``work_size``: the long side the per-pixel steps work at; bench.preprocess_cost compares sizes).
 
     Raises the errors of :func:`decode` and :func:`normalize`, all DigitflowError subclasses.
     """
-    return _normalize_levels(_working_levels(decode_array(data, max_pixels))).tobytes()
+    return _normalize_levels(_working_levels(decode_array(data, max_pixels, work_size))).tobytes()
 
 
 def decode(data: bytes, max_pixels: int, work_size: int = WORK_SIZE) -> Image.Image:
