@@ -14,7 +14,8 @@ seconds; "job TTL" is JOB_TTL_S (24 h by default).
 | df:gateways                      | zset    | none (adopted   | every gateway (beat)  | gateway (backlog adoption)  |
 |                                  |         | ones leave)     |                       |                             |
 | df:backlog:<gateway>             | zset    | none (entries   | gateway (accepted,    | gateway (a live one adopts  |
-|                                  |         | leave when sent)| not yet sent)         | a dead one's)               |
+|                                  |         | leave when sent)| not yet sent, or      | a dead one's)               |
+|                                  |         |                 | stalled: sent again)  |                             |
 | df:active                        | zset    | none (members   | gateway, stages       | gateway (deadline sweep)    |
 |                                  |         | leave at end)   |                       |                             |
 | df:done                          | channel | -               | stages (finished ids) | gateway (Prefer: wait)      |

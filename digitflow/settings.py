@@ -163,6 +163,14 @@ class CoreSettings:
         return self.stage_time_limit_s or 0.8 * self.visibility_timeout_s
 
     @property
+    def stalled_after_s(self) -> float:
+        """How long an unfinished job may go without a stage starting before the gateway's
+        sweep sends it again: past a batch's hard limit, the visibility timeout that gives a
+        dead worker's message back and kombu's restore sweep (5 s), with 10 s to spare. Below
+        JOB_DEADLINE_S for this to act (69 s against 900 s by default)."""
+        return self.hard_time_limit_s + self.visibility_timeout_s + 5.0 + 10.0
+
+    @property
     def log_dir(self) -> Path:
         return self.var_dir / "log"
 

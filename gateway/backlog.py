@@ -7,6 +7,13 @@ once a second from its maintenance loop; when one misses beats for ``DEAD_AFTER_
 live gateway to look adopts its backlog in one Lua script (atomic, so two gateways never both
 take it: no lock is needed) and dispatches the jobs still ``queued``. A job already sent whose
 removal was lost is at worst run twice, and the job store records exactly one result.
+
+A job already handed to the broker can still be lost there: kombu's Redis transport takes a
+message off its queue (BRPOP) before it lists it as unacknowledged, so a worker killed between
+the two, or a Redis restart that loses the last second of its append-only file, leaves a job
+that no worker holds and no visibility timeout brings back. ``reclaim_stalled`` (the gateway's
+sweep) sends such a job again, once, from the start of the chain: its upload stays parked until
+the job ends, and every stage is idempotent.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import cast
 
 import redis
 
-from digitflow.keys import BACKLOG_PREFIX, GATEWAYS, JOB_PREFIX
+from digitflow.keys import ACTIVE_JOBS, BACKLOG_PREFIX, GATEWAYS, JOB_PREFIX
 from digitflow.messages import Item
 
 DEAD_AFTER_S = 4.0  # five missed beats (one a second)
@@ -46,6 +53,42 @@ end
 return items
 """
 
+# KEYS[1]: active jobs zset (score: accepted at), KEYS[2]: gateways zset, KEYS[3]: the caller's
+# backlog. ARGV: cutoff (no progress since is stalled), backlog prefix, job prefix, now, limit.
+# A job is stalled when it is unfinished, was never sent again, is in no gateway's backlog
+# (those are still to be sent) and neither its acceptance nor any stage's start is newer than
+# the cutoff. Marks each ``redispatched`` and lists it in the caller's backlog; returns the items.
+_RECLAIM_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
+if #ids == 0 then return {} end
+local gateways = redis.call('ZRANGE', KEYS[2], 0, -1)
+local cutoff = tonumber(ARGV[1])
+local items = {}
+for _, id in ipairs(ids) do
+  local f = redis.call('HMGET', ARGV[3] .. id, 'status', 'item', 'redispatched', 'created_at',
+                       't:preprocess:start', 't:inference:start', 't:postprocess:start')
+  if f[1] and f[1] ~= 'succeeded' and f[1] ~= 'failed' and f[2] and not f[3] then
+    local last = 0
+    for i = 4, 7 do
+      local t = tonumber(f[i])
+      if t and t > last then last = t end
+    end
+    local held = false
+    if last < cutoff then
+      for _, gateway in ipairs(gateways) do
+        if redis.call('ZSCORE', ARGV[2] .. gateway, id) then held = true break end
+      end
+    end
+    if last < cutoff and not held then
+      redis.call('HSET', ARGV[3] .. id, 'redispatched', ARGV[4])
+      redis.call('ZADD', KEYS[3], ARGV[4], id)
+      items[#items + 1] = f[2]
+    end
+  end
+end
+return items
+"""
+
 
 class Backlog:
     """This gateway process's share of the accepted-but-unsent jobs in Redis."""
@@ -55,6 +98,7 @@ class Backlog:
         self.gateway_id = uuid.uuid4().hex[:16]
         self.key = BACKLOG_PREFIX + self.gateway_id
         self._adopt = client.register_script(_ADOPT_LUA)
+        self._reclaim = client.register_script(_RECLAIM_LUA)
         self._registered = False
 
     def entries(self, items: Sequence[Item]) -> tuple[str, list[str]]:
@@ -81,6 +125,18 @@ class Backlog:
             list[bytes],
             self._adopt(
                 keys=[GATEWAYS, self.key], args=[self.gateway_id, now - DEAD_AFTER_S, BACKLOG_PREFIX, JOB_PREFIX, now]
+            ),
+        )
+        return [cast(Item, json.loads(entry)) for entry in raw]
+
+    def reclaim_stalled(self, stalled_s: float, limit: int = 200) -> list[Item]:
+        """Take over the unfinished jobs with no progress for ``stalled_s`` that no backlog holds
+        and that were never sent again (see the module's docstring); their items, to send."""
+        now = time.time()
+        raw = cast(
+            list[bytes],
+            self._reclaim(
+                keys=[ACTIVE_JOBS, GATEWAYS, self.key], args=[now - stalled_s, BACKLOG_PREFIX, JOB_PREFIX, now, limit]
             ),
         )
         return [cast(Item, json.loads(entry)) for entry in raw]

@@ -19,7 +19,7 @@ from flask import current_app, has_request_context, request
 
 from digitflow.celery_app import describe_batch, hop_options, make_celery
 from digitflow.errors import DeadlineExceededError, DigitflowError, OverloadedError, ServiceUnavailableError
-from digitflow.heartbeat import live_processes
+from digitflow.heartbeat import live_processes, live_workers
 from digitflow.jobs import JobStore
 from digitflow.keys import SWEEP_LOCK
 from digitflow.messages import Item, make_batch
@@ -29,7 +29,7 @@ from digitflow.redis_client import claim, connect
 from digitflow.registry_client import RegistryClient
 from digitflow.settings import GatewaySettings
 from digitflow.store_memory import MemoryGauge
-from digitflow.tasks import INFERENCE, POSTPROCESS, PREPROCESS, QUEUE_OF_STAGE, inference_queue
+from digitflow.tasks import INFERENCE, POSTPROCESS, PREPROCESS, QUEUE_OF_STAGE, STAGES, inference_queue
 from gateway.backlog import Backlog
 from gateway.batcher import Batcher
 from gateway.completions import CompletionListener
@@ -163,6 +163,22 @@ class GatewayServices:
         )
         if failed:
             log_event(logger, "jobs_deadline_exceeded", logging.WARNING, count=len(failed), job_ids=failed)
+        self._redispatch_stalled()
+
+    def _redispatch_stalled(self) -> None:
+        """Send again, once, the jobs the broker lost (gateway/backlog.py says how that happens).
+        Only while every stage has a live worker: with a stage down its queue still holds
+        the jobs, and sending them again would only queue copies."""
+        stalled_s = self.settings.stalled_after_s
+        if stalled_s >= self.settings.job_deadline_s:
+            return  # the deadline sweep fails them first
+        if not all(live_workers(self.redis, self.settings.heartbeat_ttl_s, STAGES).values()):
+            return
+        items = self.backlog.reclaim_stalled(stalled_s)
+        if items:
+            ids = [item["job_id"] for item in items]
+            log_event(logger, "jobs_redispatched", logging.WARNING, count=len(ids), job_ids=ids, stalled_s=stalled_s)
+            self.batcher.submit(items)
 
     def close(self) -> None:
         """Stop this process's background threads (tests build many apps in one process)."""
