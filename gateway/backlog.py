@@ -28,8 +28,10 @@ import redis
 
 from digitflow.keys import ACTIVE_JOBS, BACKLOG_PREFIX, GATEWAYS, JOB_PREFIX
 from digitflow.messages import Item
+from digitflow.tasks import STAGES
 
 DEAD_AFTER_S = 4.0  # five missed beats (one a second)
+_STAGE_STARTS = [f"t:{stage}:start" for stage in STAGES]  # as JobStore.start_stage writes them
 
 # KEYS[1]: gateways zset, KEYS[2]: the adopter's backlog. ARGV: adopter id, cutoff (beats older
 # are dead), backlog prefix, job prefix, now. Returns the items of the adopted jobs still queued.
@@ -54,7 +56,8 @@ return items
 """
 
 # KEYS[1]: active jobs zset (score: accepted at), KEYS[2]: gateways zset, KEYS[3]: the caller's
-# backlog. ARGV: cutoff (no progress since is stalled), backlog prefix, job prefix, now, limit.
+# backlog. ARGV: cutoff (no progress since is stalled), backlog prefix, job prefix, now, limit,
+# then the job record's stage-start fields.
 # A job is stalled when it is unfinished, was never sent again, is in no gateway's backlog
 # (those are still to be sent) and neither its acceptance nor any stage's start is newer than
 # the cutoff. Marks each ``redispatched`` and lists it in the caller's backlog; returns the items.
@@ -63,23 +66,22 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, to
 if #ids == 0 then return {} end
 local gateways = redis.call('ZRANGE', KEYS[2], 0, -1)
 local cutoff = tonumber(ARGV[1])
+local function in_a_backlog(id)
+  for _, gateway in ipairs(gateways) do
+    if redis.call('ZSCORE', ARGV[2] .. gateway, id) then return true end
+  end
+  return false
+end
 local items = {}
 for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', ARGV[3] .. id, 'status', 'item', 'redispatched', 'created_at',
-                       't:preprocess:start', 't:inference:start', 't:postprocess:start')
+  local f = redis.call('HMGET', ARGV[3] .. id, 'status', 'item', 'redispatched', 'created_at', unpack(ARGV, 6))
   if f[1] and f[1] ~= 'succeeded' and f[1] ~= 'failed' and f[2] and not f[3] then
     local last = 0
-    for i = 4, 7 do
+    for i = 4, #f do
       local t = tonumber(f[i])
       if t and t > last then last = t end
     end
-    local held = false
-    if last < cutoff then
-      for _, gateway in ipairs(gateways) do
-        if redis.call('ZSCORE', ARGV[2] .. gateway, id) then held = true break end
-      end
-    end
-    if last < cutoff and not held then
+    if last < cutoff and not in_a_backlog(id) then
       redis.call('HSET', ARGV[3] .. id, 'redispatched', ARGV[4])
       redis.call('ZADD', KEYS[3], ARGV[4], id)
       items[#items + 1] = f[2]
@@ -136,7 +138,8 @@ class Backlog:
         raw = cast(
             list[bytes],
             self._reclaim(
-                keys=[ACTIVE_JOBS, GATEWAYS, self.key], args=[now - stalled_s, BACKLOG_PREFIX, JOB_PREFIX, now, limit]
+                keys=[ACTIVE_JOBS, GATEWAYS, self.key],
+                args=[now - stalled_s, BACKLOG_PREFIX, JOB_PREFIX, now, limit, *_STAGE_STARTS],
             ),
         )
         return [cast(Item, json.loads(entry)) for entry in raw]

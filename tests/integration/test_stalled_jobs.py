@@ -96,8 +96,8 @@ def test_the_sweep_sends_stalled_jobs_again_only_while_every_stage_is_alive(redi
         client.close()
 
 
-# One batch per job: the lost message holds exactly the jobs of one request.
-LOSS_ENV = {"VISIBILITY_TIMEOUT_S": "5", "JOB_DEADLINE_S": "120", "SWEEP_INTERVAL_S": "1", "BATCH_MAX": "32"}
+# A 5 s visibility timeout: jobs count as stalled after 4 + 5 + 15 = 24 s without progress.
+LOSS_ENV = {"VISIBILITY_TIMEOUT_S": "5", "JOB_DEADLINE_S": "120", "SWEEP_INTERVAL_S": "1"}
 
 
 @pytest.mark.slow
