@@ -37,11 +37,17 @@ seconds; "job TTL" is JOB_TTL_S (24 h by default).
 | df:monitor:report:<model>        | string  | none            | monitor               | gateway, CLI                |
 | df:monitor:since:<model>         | hash    | none            | monitor               | monitor                     |
 | df:monitor:retrain:<model>       | list    | none (50 kept)  | training              | gateway, CLI                |
-| df:monitor:retrain-state:<model> | hash    | none            | training              | monitor                     |
+| df:monitor:retrain-state:<model> | hash    | none            | (before store ids;    | monitor (moves it into the  |
+|                                  |         |                 | now in the pred. log) | prediction log, or drops it)|
 | df:monitor:retrain-lock:<model>  | string  | 1 h (Lock)      | monitor takes,        | monitor                     |
 |                                  |         |                 | training releases     |                             |
 | df:monitor:retrain-claim:<token> | string  | 24 h            | training              | training                    |
 | df:monitor:pruned:<model>        | string  | none            | monitor               | monitor                     |
+| df:store-id                      | string  | none            | first service to ask  | monitor, registry (logs)    |
+| df:stores                        | hash    | none            | monitor (predictions),| monitor, registry           |
+|                                  |         |                 | registry (mlflow)     |                             |
+| df:deployment                    | string  | 15 s, renewed   | `digitflow run`       | `digitflow run`             |
+| df:deployment:last               | string  | none            | `digitflow run`       | `digitflow run`             |
 
 Redis runs with ``maxmemory`` and ``noeviction`` (compose.yaml; docs/reliability.md). Every
 key made per job or per request has a TTL. The keys above without one are bounded by what
@@ -84,6 +90,14 @@ REGISTRY_REPLY_PREFIX = "df:registry:reply:"
 RELEASE_PREFIX = "df:release:"  # + model: "<version>:served" / "<version>:failed" while a canary runs
 
 MONITOR_PREFIX = "df:monitor:"
+
+# Store identity (digitflow/store_identity.py): this Redis's own id, and per other store (the
+# prediction log, MLflow) the id of the one that the Redis state pointing into it was written
+# against. One deployment per Redis (digitflow_cli/deployment.py): the live owner, and the last.
+STORE_ID = "df:store-id"
+STORES = "df:stores"
+DEPLOYMENT = "df:deployment"
+DEPLOYMENT_LAST = "df:deployment:last"
 
 
 def workers(stage: str) -> str:

@@ -66,6 +66,13 @@ class RegistryStore:
         except MlflowException:  # created meanwhile by another process
             return str(self.client.get_experiment_by_name(EXPERIMENT).experiment_id)  # type: ignore[union-attr]
 
+    def store_id(self) -> str:
+        """This registry's id: its ``digitflow`` experiment's id and creation time (made here if
+        missing). A store deleted and made again, or another server, gives another one; derived,
+        not written, so two processes that ask at once agree without a race."""
+        experiment = self.client.get_experiment(self.experiment_id())
+        return f"{experiment.experiment_id}-{experiment.creation_time}"
+
     def start_run(self, name: str, run_name: str) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=run_name, tags={"digitflow.model": name})
         return str(run.info.run_id)

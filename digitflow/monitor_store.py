@@ -5,7 +5,8 @@ the retraining history the gateway, the CLI and Prometheus read.
   ``retraining``);
 - ``df:monitor:since:<model>``: hash ``version|kind|window`` -> when that alert started;
 - ``df:monitor:retrain:<model>``: list of retraining outcomes, newest first (at most 50);
-- ``df:monitor:retrain-state:<model>``: the last prediction-log row a retrain used, and when;
+- ``df:monitor:retrain-state:<model>``: the retrain watermark as kept before store ids (now in
+  the prediction log itself, ``digitflow.predlog_state``): read once, moved or dropped;
 - ``df:monitor:retrain-lock:<model>``: held while a retrain is queued or running;
 - ``df:monitor:retrain-claim:<token>``: taken by the first delivery of one retrain request;
 - ``df:monitor:pruned:<model>``: the prediction log's input cut-off the last prune reached.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from typing import Any, cast
 
 import redis
@@ -64,16 +64,19 @@ def retrain_history(client: redis.Redis, model: str) -> list[dict[str, Any]]:
     return [json.loads(r) for r in reversed(raw)]
 
 
-def retrain_state(client: redis.Redis, model: str) -> tuple[int, float]:
-    """(last prediction-log row id used by a retrain, when it ran); (0, 0.0) if never."""
-    raw = cast(dict[bytes, bytes], client.hgetall(monitor_key("retrain-state", model)))
-    return int(raw.get(b"last_id", b"0")), float(raw.get(b"at", b"0"))
+def legacy_retrain_states(client: redis.Redis) -> dict[str, tuple[int, float]]:
+    """model -> (last row id, when) of the Redis watermarks written before it moved into the log."""
+    out = {}
+    prefix = monitor_key("retrain-state", "")
+    for key in client.scan_iter(match=prefix + "*", count=500):
+        raw = cast(dict[bytes, bytes], client.hgetall(key))
+        if raw:
+            out[key.decode().removeprefix(prefix)] = (int(raw.get(b"last_id", b"0")), float(raw.get(b"at", b"0")))
+    return out
 
 
-def set_retrain_state(client: redis.Redis, model: str, last_id: int, at: float | None = None) -> None:
-    client.hset(
-        monitor_key("retrain-state", model), mapping={"last_id": last_id, "at": time.time() if at is None else at}
-    )
+def drop_legacy_retrain_state(client: redis.Redis, model: str) -> None:
+    client.delete(monitor_key("retrain-state", model))
 
 
 def _retrain_lock(client: redis.Redis, model: str, ttl_s: float = 3600) -> Lock:

@@ -14,6 +14,7 @@ PREDICTIONS_RETENTION_DAYS. Accuracy by age is counted in SQL, so it covers ever
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Mapping, Sequence
@@ -51,6 +52,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine, Row
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
+
+from digitflow.predlog_state import LogState
 
 metadata = MetaData()
 predictions = Table(
@@ -135,6 +138,11 @@ class PredictionLog:
         self.engine = make_engine(url)
         metadata.create_all(self.engine, checkfirst=True)
         self._append = append_statement(self.engine)
+
+    @functools.cached_property
+    def state(self) -> LogState:
+        """The log's id and retrain watermarks (made on first use: only the monitor and training ask)."""
+        return LogState(self.engine)
 
     def close(self) -> None:
         """Close the pooled connections (PostgreSQL's are sockets a server counts)."""

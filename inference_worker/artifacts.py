@@ -1,7 +1,9 @@
 """Fetching a registered version's files into this machine's model cache, once.
 
 ``<MODEL_CACHE>/<name>/<version>/`` holds a copy of the version's ``model`` artifacts. Versions
-are immutable, so a copy that exists is used as it is (``load_model`` still checks its sha256).
+are immutable, so a copy that exists is used as it is (``load_model`` still checks its sha256),
+unless its weights are not the ones the registry view names: a copy made from an MLflow store
+that was reset since (its version numbers restart and name other models) is fetched again.
 Files in a local artifact store (the embedded SQLite default) are copied directly; any other
 location (the compose ``mlflow`` server's ``mlflow-artifacts:``, object stores) is downloaded
 through MLflow, imported only then.
@@ -9,12 +11,14 @@ through MLflow, imported only then.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from digitflow.errors import ModelUnavailableError
-from digitflow.model_files import install_dir
+from digitflow.errors import ModelUnavailableError, ModelVersionInvalidError
+from digitflow.model_files import install_dir, read_model_json
 from digitflow.model_store import quiet_mlflow
 
 
@@ -27,12 +31,16 @@ def local_path(source: str) -> Path | None:
     return None
 
 
-def fetch_version(cache_dir: Path, tracking_uri: str, name: str, version: str, source: str) -> Path:
-    """The local folder of ``name`` ``version`` (copied or downloaded on first use).
+def fetch_version(
+    cache_dir: Path, tracking_uri: str, name: str, version: str, source: str, weights_sha256: str | None = None
+) -> Path:
+    """The local folder of ``name`` ``version`` (copied or downloaded on first use; again when
+    the copy's weights are not ``weights_sha256``, the view's).
 
     Raises ModelUnavailableError when the source cannot be read.
     """
     target = cache_dir / name / version
+    drop_stale_copy(target, weights_sha256)
 
     def fill(tmp: Path) -> None:
         path = local_path(source)
@@ -61,3 +69,18 @@ def fetch_version(cache_dir: Path, tracking_uri: str, name: str, version: str, s
         raise ModelUnavailableError(
             f"cannot fetch {name} version {version} from the registry: {type(exc).__name__}: {exc}"[:400], model=name
         ) from exc
+
+
+def drop_stale_copy(target: Path, weights_sha256: str | None) -> None:
+    """Remove a cached copy whose model.json names other weights than ``weights_sha256``."""
+    if not weights_sha256 or not target.is_dir():
+        return
+    try:
+        cached = str(read_model_json(target).get("weights_sha256", "")).lower()
+    except ModelVersionInvalidError:
+        cached = ""
+    if cached != weights_sha256.lower():
+        aside = target.with_name(f".{target.name}.stale.{os.getpid()}")
+        with contextlib.suppress(OSError):  # another process moved it first
+            os.rename(target, aside)
+        shutil.rmtree(aside, ignore_errors=True)

@@ -56,6 +56,7 @@ class Target:
     key: Key
     source: str
     direct: bool = False  # a local folder used in place (shipped model, override), not a registry copy
+    weights_sha256: str | None = None  # the view's: a cached copy with other weights is stale
 
 
 def latest_version_dir(model_root: Path, name: str) -> Path:
@@ -178,7 +179,7 @@ class ModelCache:
         entry = self._entries.get(name, (0.0, None))[1]
         if entry is not None:
             version, record = resolve(entry, pin)
-            return Target((name, version), str(record.get("source")))
+            return Target((name, version), str(record.get("source")), weights_sha256=record.get("weights_sha256"))
         path = self.settings.model_dir / name / pin if pin else latest_version_dir(self.settings.model_dir, name)
         if not path.is_dir():
             raise ModelVersionNotFoundError(f"model {name!r} has no version {pin}", model=name)
@@ -251,7 +252,8 @@ class ModelCache:
 
     def _fetch(self, target: Target) -> Path:
         s = self.settings
-        return fetch_version(s.model_cache_dir, s.tracking_uri, target.key[0], target.key[1], target.source)
+        key = target.key
+        return fetch_version(s.model_cache_dir, s.tracking_uri, key[0], key[1], target.source, target.weights_sha256)
 
     def _install(
         self, key: Key, model: LoadedModel, entry: dict[str, Any] | None = None, drop: Key | None = None
@@ -294,7 +296,9 @@ class ModelCache:
         record = entry.get("versions", {}).get(version)
         if record is None:
             raise ModelVersionNotFoundError(f"{entry.get('name')} version {version} is not in the registry view")
-        return Target((str(entry["name"]), version), str(record.get("source")))
+        return Target(
+            (str(entry["name"]), version), str(record.get("source")), weights_sha256=record.get("weights_sha256")
+        )
 
     def load(self, target: Target) -> LoadedModel:
         """Load a version without making it serve (the deploy path's "next to the old one")."""

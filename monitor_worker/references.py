@@ -25,9 +25,17 @@ logger = logging.getLogger("monitor_worker.references")
 class References:
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
-        self._cache: dict[tuple[str, str], Reference | None] = {}
+        self._cache: dict[tuple[str, str, str], Reference | None] = {}
         self._store: RegistryStore | None = None
         self._lock = threading.RLock()  # the worker's warm-up thread and its task both fetch
+        # The id of the MLflow store the registry view describes (digitflow.store_identity):
+        # version numbers restart in a reset store, so the cache (memory and disk) is kept per store.
+        self._store_id = "unbound"
+
+    def use_store(self, store_id: str | None) -> None:
+        """Fetch and cache references of the MLflow store with ``store_id`` from now on."""
+        with self._lock:
+            self._store_id = store_id or "unbound"
 
     def store(self) -> RegistryStore:
         """One MLflow client for the process: opening its store (and checking its schema) costs
@@ -40,19 +48,19 @@ class References:
 
     def get(self, name: str, version: str) -> Reference | None:
         """The reference of ``name`` ``version``, or None when it has none or cannot be fetched."""
-        key = (name, version)
         with self._lock:
+            key = (self._store_id, name, version)
             if key not in self._cache:
                 try:
-                    self._cache[key] = self._load(name, version)
+                    self._cache[key] = self._load(name, version, self._store_id)
                 except Exception as exc:  # registry unreachable: try again on the next run
                     logger.warning("no reference for %s %s: %s", name, version, exc)
                     return None
             return self._cache[key]
 
-    def _load(self, name: str, version: str) -> Reference | None:
+    def _load(self, name: str, version: str, store_id: str) -> Reference | None:
         s = self.settings
-        target = s.var_dir / "monitor-cache" / name / version
+        target = s.var_dir / "monitor-cache" / store_id / name / version
 
         def fill(tmp: Path) -> None:
             scratch = tmp.parent / f"{tmp.name}.dl"

@@ -24,16 +24,18 @@ from digitflow.errors import DigitflowError
 from digitflow.model_spec import canary_of, production_of
 from digitflow.model_store import quiet_mlflow
 from digitflow.model_view import read_view
-from digitflow.monitor_store import pruned_until, retrain_state, set_pruned_until, take_retrain_lock, write_report
+from digitflow.monitor_store import pruned_until, set_pruned_until, take_retrain_lock, write_report
 from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
 from digitflow.registry_client import RegistryClient
 from digitflow.settings import MonitorSettings
+from digitflow.store_identity import MLFLOW, bound_id
 from digitflow.tasks import MONITOR_RUN, REGISTRY_PROMOTE, REGISTRY_RETIRE, TRAINING_QUEUE, TRAINING_RETRAIN
 from monitor_worker.canary import PROMOTE, RETIRE, canary_numbers
 from monitor_worker.references import References
 from monitor_worker.report import model_report
+from monitor_worker.store_check import check_prediction_log, retrain_mark
 
 logger = logging.getLogger("monitor_worker")
 LABELS = ("model", "version", "window")
@@ -109,7 +111,8 @@ def maybe_retrain(
     if trigger is None or not s.auto_retrain or report.get("canary"):
         return False  # a candidate in release is decided first
     model = report["model"]
-    last_id, last_at = retrain_state(client, model)
+    # The watermark is the log's own (a new log has none), so its rows are always counted.
+    last_id, last_at = retrain_mark(log, model)
     if time.time() - last_at < s.retrain_cooldown_s or log.count_labelled(model, last_id) < s.retrain_min_labels:
         return False
     token = uuid.uuid4().hex
@@ -125,6 +128,9 @@ def run_monitor(
     s: MonitorSettings, client: redis.Redis, log: PredictionLog, refs: References, models: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Compute, store and export the report of ``models`` (default: every model in the registry view)."""
+    check_prediction_log(client, log)
+    # The references of the MLflow store the view describes (a reset store's version 2 is another model).
+    refs.use_store(bound_id(client, MLFLOW))
     view = read_view(client)
     reports = []
     for name in models or sorted(view) or list(s.models):
@@ -194,6 +200,8 @@ def register_tasks(app: Celery, settings: MonitorSettings) -> None:
         import mlflow  # noqa: F401
 
         client, log, refs = resources()
+        with contextlib.suppress(SQLAlchemyError, redis.RedisError):  # not up yet: the first report checks
+            check_prediction_log(client, log, full=True)
         # Under `make run` the registry starts beside this worker and bootstraps its view a few
         # seconds later: wait for it (the references are what the first report would fetch).
         deadline = time.monotonic() + WARM_UP_WAIT_S
@@ -201,6 +209,7 @@ def register_tasks(app: Celery, settings: MonitorSettings) -> None:
         while True:
             with contextlib.suppress(SQLAlchemyError, redis.RedisError):  # not up yet: look again
                 log.models()
+                refs.use_store(bound_id(client, MLFLOW))
                 versions = [(name, production_of(entry)) for name, entry in read_view(client).items()]
                 for name, version in versions:
                     if version:

@@ -58,13 +58,14 @@ class Deployer:
         self._ending: dict[str, tuple[str, str, dict[str, Any] | None]] = {}
         self._ended: dict[str, dict[str, Any] | None] = {}
 
-    def sync(self, names: list[str] | None = None) -> list[dict[str, Any]]:
+    def sync(self, names: list[str] | None = None, fresh: bool = False) -> list[dict[str, Any]]:
         """Rewrite the Redis view from the registry (all models, or ``names``); keeps each
-        model's last deploy record while its production version is unchanged."""
+        model's last deploy record while its production version is unchanged, unless ``fresh``
+        (the view described another MLflow store: its deploys were of other models)."""
         entries = [self.store.entry(n) for n in names] if names is not None else self.store.entries()
         for entry in entries:
             releases.decorate(self.store, entry)
-            old = read_entry(self.redis, entry["name"]) or {}
+            old = {} if fresh else read_entry(self.redis, entry["name"]) or {}
             deploy = old.get("deploy")
             if deploy and deploy.get("version") == entry["aliases"].get(PRODUCTION):
                 entry["deploy"] = deploy

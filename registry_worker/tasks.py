@@ -29,6 +29,7 @@ from digitflow.observability import log_event
 from digitflow.redis_client import claim, connect
 from digitflow.registry_client import send_reply
 from digitflow.settings import RegistrySettings
+from digitflow.store_identity import MLFLOW, bind, log_binding, redis_store_id
 from digitflow.tasks import (
     REGISTRY_CANDIDATE,
     REGISTRY_PROMOTE,
@@ -92,13 +93,25 @@ class RegistryService:
                     done = self.deployer.store.bootstrap(self.settings.model_dir)
                     if done:
                         log_event(logger, "registry_bootstrapped", models=done)
-                before = read_production(self.deployer.redis)
-                entries = self.deployer.sync()
+                reset = self._check_store()
+                # After a reset the old production versions were another store's: nothing "moved".
+                before = {} if reset else read_production(self.deployer.redis)
+                entries = self.deployer.sync(fresh=reset)
                 self._deploy_moved(before, entries)
         except (DigitflowError, redis.RedisError, OSError) as exc:
             logger.warning("registry sync failed: %s", exc, extra={"event": "registry_sync_failed"})
         except Exception:  # MLflow errors have no common base worth importing here
             logger.exception("registry sync failed", extra={"event": "registry_sync_failed"})
+
+    def _check_store(self) -> bool:
+        """Tie the Redis state that names MLflow versions to this MLflow store; True when it was
+        another store's and was reset (the view is then rewritten from scratch by the caller)."""
+        client = self.deployer.redis
+        binding = bind(client, MLFLOW, self.deployer.store.store_id())
+        if binding.outcome != "same":
+            view = "rewritten from this store" if binding.outcome == "reset" else "kept"
+            log_binding(logger, binding, redis_store_id=redis_store_id(client), registry_view=view)
+        return binding.outcome == "reset"
 
     def _deploy_moved(self, before: dict[str, tuple[str, str]], entries: list[dict[str, Any]]) -> None:
         """Publish a deploy for every production alias that moved without us (MLflow UI, API)."""

@@ -28,13 +28,7 @@ import torch
 from safetensors.torch import load_file
 
 from digitflow.model_store import RegistryStore
-from digitflow.monitor_store import (
-    claim_retrain,
-    record_retrain,
-    release_retrain_lock,
-    retrain_state,
-    set_retrain_state,
-)
+from digitflow.monitor_store import claim_retrain, record_retrain, release_retrain_lock
 from digitflow.observability import log_event
 from digitflow.predlog import PredictionLog
 from digitflow.redis_client import connect
@@ -215,9 +209,11 @@ def run_retrain(
     if token is not None and not claim_retrain(client, token):
         log_event(log, "retrain_duplicate_ignored", logging.WARNING, model=name, token=token)
         return None
+    # The watermark lives in the log it counts rows of (digitflow.predlog_state): a new log has none.
+    marks = PredictionLog(s.prediction_db_url)
     try:
         outcome = retrain(name, s, trigger, release, registered, min_labels, epochs)
-        set_retrain_state(client, name, int(outcome["last_row_id"]))
+        marks.state.set_retrain_mark(name, int(outcome["last_row_id"]))
     except Exception as exc:  # recorded, so the history says why nothing changed
         outcome = {
             "at": time.time(),
@@ -228,8 +224,10 @@ def run_retrain(
             "candidate": False,
             "reason": f"failed: {type(exc).__name__}: {exc}"[:400],
         }
-        set_retrain_state(client, name, retrain_state(client, name)[0])  # the cooldown starts anyway
+        kept = (marks.state.retrain_mark(name) or (0, 0.0))[0]
+        marks.state.set_retrain_mark(name, kept)  # the cooldown starts anyway
     finally:
+        marks.close()
         if token is not None:  # a manual run (no token) leaves the monitor's lock alone
             release_retrain_lock(client, name, token)
     record_retrain(client, name, outcome)
