@@ -18,6 +18,7 @@ from typing import Any, cast
 import redis
 
 from digitflow.errors import DigitflowError, IdempotencyConflictError, JobNotFoundError
+from digitflow.job_scripts import CREATE_LUA, SET_IF_LIVE_LUA, STRIKE_LUA, UPDATE_LUA
 from digitflow.keys import (
     ACTIVE_JOBS,
     ATTEMPT_PREFIX,
@@ -30,99 +31,11 @@ from digitflow.keys import (
 from digitflow.tasks import STAGES
 
 TERMINAL = frozenset({"succeeded", "failed"})
+Fence = tuple[str, ...]  # ("token", t) or ("msg", sender's fence, message id): see job_scripts.py
 STATUS_OF_STAGE = {"preprocess": "preprocessing", "inference": "inferring", "postprocess": "postprocessing"}
 # Which stage a job in each status waits on or runs in (a queued job waits for preprocess).
 STAGE_OF_STATUS = {"queued": "preprocess", **{v: k for k, v in STATUS_OF_STAGE.items()}}
 
-# KEYS: job hashes. ARGV[1]: JSON list, one entry per key: [job_id, terminal(0|1), {field: value}].
-# ARGV[2]: done channel. ARGV[3]: image key prefix. ARGV[4]: active-jobs zset.
-# Returns 1 per key that was live and updated. allow-oom (Redis 7): at maxmemory (noeviction)
-# Redis refuses ordinary writes, but this script must still be able to fail or finish a job;
-# a terminal update deletes the job's parked image, so it frees more memory than it takes.
-_UPDATE_LUA = """#!lua flags=allow-oom
-local updates = cjson.decode(ARGV[1])
-local live, done = {}, {}
-for i, key in ipairs(KEYS) do
-  local status = redis.call('HGET', key, 'status')
-  if status and status ~= 'succeeded' and status ~= 'failed' then
-    local u = updates[i]
-    local args = {}
-    for k, v in pairs(u[3]) do args[#args + 1] = k; args[#args + 1] = v end
-    if #args > 0 then redis.call('HSET', key, unpack(args)) end
-    if u[2] == 1 then
-      done[#done + 1] = u[1]
-      redis.call('DEL', ARGV[3] .. u[1])
-      redis.call('ZREM', ARGV[4], u[1])
-    end
-    live[i] = 1
-  else
-    live[i] = 0
-    if not status then redis.call('ZREM', ARGV[4], updates[i][1]) end
-  end
-end
-if #done > 0 then redis.call('PUBLISH', ARGV[2], table.concat(done, ',')) end
-return live
-"""
-
-
-# KEYS[1]: a job hash, ARGV[1]: the strike field. A strike for a job whose record expired
-# would re-create its hash without a TTL (HINCRBY creates what is missing): return -1 instead.
-_STRIKE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-"""
-
-
-# Creation, one atomic step. KEYS[1] (optional): the idempotency record. ARGV[1]: JSON spec
-# (jobs [[id, model, item JSON for the backlog]], owner, fp, now, ttl, outage codes, backlog zset);
-# ARGV[2..4]: job prefix, image prefix, active-jobs zset; ARGV[5..]: one image per job.
-# Returns {'created', ''}, {'replay', record} or {'conflict', record}.
-_CREATE_LUA = """
-local spec = cjson.decode(ARGV[1])
-if #KEYS == 1 then
-  local prior = redis.call('GET', KEYS[1])
-  if prior then
-    local record = cjson.decode(prior)
-    if record.fp ~= spec.fp then return {'conflict', prior} end
-    local outage, replay = {}, true
-    for _, code in ipairs(spec.outage) do outage[code] = true end
-    for _, id in ipairs(record.ids) do
-      local fields = redis.call('HMGET', ARGV[2] .. id, 'status', 'error')
-      if not fields[1] then
-        replay = false
-      elseif fields[1] == 'failed' and fields[2] then
-        local ok, err = pcall(cjson.decode, fields[2])
-        if ok and type(err) == 'table' and outage[err.code] then replay = false end
-      end
-    end
-    if replay then return {'replay', prior} end
-  end
-end
-local ids = {}
-for i, job in ipairs(spec.jobs) do
-  local key = ARGV[2] .. job[1]
-  redis.call('HSET', key, 'status', 'queued', 'model', job[2], 'created_at', spec.now, 'owner', spec.owner)
-  redis.call('EXPIRE', key, spec.ttl)
-  redis.call('SET', ARGV[3] .. job[1], ARGV[4 + i], 'EX', spec.ttl)
-  redis.call('ZADD', ARGV[4], spec.now, job[1])
-  if spec.backlog ~= '' then
-    redis.call('HSET', key, 'item', job[3])
-    redis.call('ZADD', spec.backlog, spec.now, job[1])
-  end
-  ids[i] = job[1]
-end
-if #KEYS == 1 then
-  redis.call('SET', KEYS[1], cjson.encode({ids = ids, fp = spec.fp}), 'EX', spec.ttl)
-end
-return {'created', ''}
-"""
-# KEYS[1]: a job hash; ARGV: field, value. Written only while the record lives (an HSET on an
-# expired record would re-create it without a TTL).
-_SET_IF_LIVE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
 # Failures that say nothing about the request, only that the system was away: a retry with the
 # same idempotency key gets new jobs instead of this answer again.
 OUTAGE_CODES = frozenset(
@@ -167,10 +80,10 @@ class JobStore:
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.redis = client
         self.ttl_s = ttl_s
-        self._update = client.register_script(_UPDATE_LUA)
-        self._strike = client.register_script(_STRIKE_LUA)
-        self._create = client.register_script(_CREATE_LUA)
-        self._set_if_live = client.register_script(_SET_IF_LIVE_LUA)
+        self._update = client.register_script(UPDATE_LUA)
+        self._strike = client.register_script(STRIKE_LUA)
+        self._create = client.register_script(CREATE_LUA)
+        self._set_if_live = client.register_script(SET_IF_LIVE_LUA)
 
     # -- gateway side -------------------------------------------------------------------
     def create(
@@ -218,12 +131,21 @@ class JobStore:
         self.update([(job_id, _fail_fields("gateway", error)) for job_id in job_ids], terminal=True)
 
     # -- stage side ---------------------------------------------------------------------
-    def update(self, changes: Sequence[tuple[str, Mapping[str, str]]], terminal: bool = False) -> list[bool]:
-        """Apply field changes to live jobs only; returns, per job, whether it was live."""
+    # A stage writes a job only while it holds the job's fence (digitflow/job_scripts.py): the
+    # delivery that claimed the job last. A worker that was paused or cut off while another
+    # took its batch over finds its writes refused, and the next stage refuses what it sent.
+    def update(
+        self,
+        changes: Sequence[tuple[str, Mapping[str, str]]],
+        terminal: bool = False,
+        fences: Sequence[Fence | None] | None = None,
+    ) -> list[bool]:
+        """Apply field changes to live jobs only (and, per job with a ``fences`` entry, only
+        while that fence holds); returns, per job, whether it was written."""
         if not changes:
             return []
-        keys, args = _update_call(changes, terminal)
-        return [bool(x) for x in self._update(keys=keys, args=args)]
+        keys, args = _update_call(changes, terminal, fences)
+        return [int(x) > 0 for x in self._update(keys=keys, args=args)]
 
     def start_stage(
         self,
@@ -232,10 +154,17 @@ class JobStore:
         job_ids: Sequence[str],
         queued_at: float,
         extra: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> tuple[list[bool], int]:
-        """Mark live jobs as running in ``stage`` (plus any ``extra`` fields per job, e.g. the
-        model version the previous stage used) and count this delivery of the batch, in one
-        round trip. Returns per job whether it is live, and the delivery attempt (1 = first).
+        sender_fences: Sequence[str] | None = None,
+    ) -> tuple[list[int], int]:
+        """Claim live jobs for this delivery of a batch and mark them running in ``stage`` (plus
+        any ``extra`` fields per job, e.g. the model version the previous stage used), and count
+        this delivery of the batch, in one round trip.
+
+        ``sender_fences``: per job, the fence its sender held ("" from the gateway). A job is
+        claimed when its fence is still that one, or its last claim came from this same message
+        (a redelivery). Returns per job its new fence (> 0: this delivery holds the job now),
+        0 (finished or expired) or -1 (another delivery holds it), and the delivery attempt
+        (1 = first).
 
         The previous stage's end time is this batch's ``queued_at``: stages write no separate
         "end" record on success, which saves a Redis round trip per stage and batch.
@@ -245,8 +174,11 @@ class JobStore:
         now = repr(time.time())
         fields = {"status": STATUS_OF_STAGE[stage], f"t:{stage}:queued": repr(queued_at), f"t:{stage}:start": now}
         extra = extra or {}
+        senders = sender_fences or [""] * len(job_ids)
+        claims: list[Fence | None] = [message_fence(stage, batch_id, f) for f in senders]
         attempt_key = f"{ATTEMPT_PREFIX}{stage}:{batch_id}"
-        keys, args = _update_call([(job_id, {**fields, **extra.get(job_id, {})}) for job_id in job_ids], False)
+        changes = [(job_id, {**fields, **extra.get(job_id, {})}) for job_id in job_ids]
+        keys, args = _update_call(changes, False, claims, claim=True)
         # EVALSHA queued by hand: a registered Script in a pipeline makes redis-py send SCRIPT
         # EXISTS first, a second round trip on every batch of every stage.
         pipe = self.redis.pipeline(transaction=False)
@@ -259,20 +191,33 @@ class JobStore:
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        live, attempt, _ = results
-        return [bool(x) for x in live], int(attempt)
+        claimed, attempt, _ = results
+        return [int(x) for x in claimed], int(attempt)
 
-    def fail(self, stage: str, failures: Sequence[tuple[str, DigitflowError]]) -> list[bool]:
-        """Fail jobs at ``stage``; returns, per job, whether it was live (and is failed now)."""
+    def fail(
+        self,
+        stage: str,
+        failures: Sequence[tuple[str, DigitflowError]],
+        fences: Mapping[str, Fence] | None = None,
+    ) -> list[bool]:
+        """Fail jobs at ``stage`` (those with an entry in ``fences`` only while it holds);
+        returns, per job, whether it was live (and is failed now)."""
         now = repr(time.time())
+        fences = fences or {}
         return self.update(
             [(job_id, {**_fail_fields(stage, err), f"t:{stage}:end": now}) for job_id, err in failures],
             terminal=True,
+            fences=[fences.get(job_id) for job_id, _ in failures],
         )
 
-    def succeed(self, stage: str, results: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    def succeed(
+        self, stage: str, results: Sequence[tuple[str, Mapping[str, Any]]], fences: Mapping[str, Fence] | None = None
+    ) -> list[bool]:
+        """Record results (those with an entry in ``fences`` only while it holds); returns,
+        per job, whether it was recorded."""
         now = repr(time.time())
-        self.update(
+        fences = fences or {}
+        return self.update(
             [
                 (
                     job_id,
@@ -281,6 +226,7 @@ class JobStore:
                 for job_id, result in results
             ],
             terminal=True,
+            fences=[fences.get(job_id) for job_id, _ in results],
         )
 
     # -- redelivery bookkeeping (see digitflow/stage.py) -----------------------------------
@@ -366,9 +312,30 @@ class JobStore:
         return value.decode() if value is not None else None
 
 
-def _update_call(changes: Sequence[tuple[str, Mapping[str, str]]], terminal: bool) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV of _UPDATE_LUA for ``changes``."""
-    payload = json.dumps([[job_id, int(terminal), dict(fields)] for job_id, fields in changes])
+def token_fence(token: int) -> Fence:
+    """The condition of a write by the delivery that claimed a job with fence ``token``."""
+    return ("token", str(token))
+
+
+def message_fence(stage: str, batch_id: str, sender_fence: str) -> Fence:
+    """The condition of a write by any delivery of one message: the job is still its sender's,
+    or was last claimed by a delivery of this message (used to claim, and where the claiming
+    delivery's token is unknown: a pool's parent failing the batch of a child it killed)."""
+    return ("msg", sender_fence, f"{stage}|{batch_id}|{sender_fence}")
+
+
+def _update_call(
+    changes: Sequence[tuple[str, Mapping[str, str]]],
+    terminal: bool,
+    fences: Sequence[Fence | None] | None = None,
+    claim: bool = False,
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV of UPDATE_LUA for ``changes``."""
+    entries: list[list[Any]] = [[job_id, int(terminal), dict(fields)] for job_id, fields in changes]
+    for entry, fence in zip(entries, fences or [None] * len(entries), strict=True):
+        if fence is not None:
+            entry += [list(fence), int(claim)]
+    payload = json.dumps(entries)
     return [JOB_PREFIX + job_id for job_id, _ in changes], [payload, DONE_CHANNEL, IMAGE_PREFIX, ACTIVE_JOBS]
 
 

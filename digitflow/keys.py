@@ -25,6 +25,10 @@ seconds; "job TTL" is JOB_TTL_S (24 h by default).
 | df:workers:<stage>               | zset    | none (pruned    | every worker (beat)   | gateway, registry, CLI      |
 |                                  |         | past beat TTL)  |                       |                             |
 | df:workers:processes:<stage>     | hash    | none            | every worker (beat)   | gateway (batch sizing)      |
+| df:deliveries                    | hash    | none (entries   | every consumer (tag ->| every stage worker's keeper |
+|                                  |         | leave at ack)   | owner), keepers       | (hands a dead owner's on)   |
+| df:owners                        | zset    | none (dead ones | every consumer (beat) | every stage worker's keeper |
+|                                  |         | are removed)    |                       |                             |
 | df:models                        | hash    | none            | registry service      | gateway, inference, monitor |
 | df:models:production             | hash    | none            | registry service      | inference (periodic check)  |
 | df:deploy                        | channel | -               | registry service      | inference (deploy watcher)  |
@@ -53,9 +57,11 @@ Redis runs with ``maxmemory`` and ``noeviction`` (compose.yaml; docs/reliability
 key made per job or per request has a TTL. The keys above without one are bounded by what
 they hold, not by time: ``df:active`` by the jobs in flight (a member leaves when its job
 ends, or at the deadline sweep); ``df:workers:*`` by the live worker processes (pruned past
-the beat TTL); ``df:models``, ``df:models:production`` and every ``df:monitor:*`` key without
-a TTL hold one small entry per model (the retrain list keeps its last 50). A TTL there would
-let a quiet model's registry view or monitoring state vanish.
+the beat TTL); ``df:deliveries`` by the unacknowledged messages and ``df:owners`` by the live
+consuming processes (a keeper removes a dead one); ``df:models``, ``df:models:production``
+and every ``df:monitor:*`` key without a TTL hold one small entry per model (the retrain
+list keeps its last 50). A TTL there would let a quiet model's registry view or monitoring
+state vanish.
 
 Celery's own keys on the same database (kombu's Redis transport): one list per queue
 (``preprocess``, ``inference``, ``inference.<model>``, ``postprocess``, ``registry``,
@@ -76,6 +82,10 @@ SUSPECT_PREFIX = "df:suspect:"
 SWEEP_LOCK = "df:sweeper:lock"
 GATEWAYS = "df:gateways"
 BACKLOG_PREFIX = "df:backlog:"
+
+# Delivered, unacknowledged messages: which consuming process holds each (digitflow/deliveries.py).
+DELIVERIES = "df:deliveries"
+DELIVERY_OWNERS = "df:owners"
 
 WORKERS_PREFIX = "df:workers:"
 PROCESSES_PREFIX = "df:workers:processes:"

@@ -41,6 +41,9 @@ class Item(TypedDict, total=False):
     outlier_score: float
     outlier_threshold: float
     temperature: float
+    # Set by every stage: the job's fence as the sending delivery held it (digitflow/jobs.py);
+    # the next stage claims the job only while it is still that one.
+    fence: str
     # Tracing (optional; only while tracing is on): W3C traceparent of the job's last span.
     traceparent: str
     # Set by inference while a candidate runs in shadow: the candidate's answer to the same
@@ -74,7 +77,7 @@ def check_item(raw: Any, needs: Sequence[str]) -> Item:
         raise InvalidMessageError("batch item has no valid job_id")
     if not isinstance(raw.get("model"), str):
         raise InvalidMessageError("batch item has no model", job_id=job_id)
-    for key in ("profile", "pin"):
+    for key in ("profile", "pin", "fence"):
         if key in raw and not isinstance(raw[key], str):
             raise InvalidMessageError(f"batch item {key!r} must be a string", job_id=job_id)
     if "traceparent" in raw and not (isinstance(raw["traceparent"], str) and TRACEPARENT_RE.match(raw["traceparent"])):

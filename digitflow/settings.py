@@ -260,6 +260,21 @@ class WorkerSettings(CoreSettings):
     # ... or, with this one, sleeps for twice VISIBILITY_TIMEOUT_S, as a decoder stuck on a
     # hostile file would, so that only the stage's time limits can end the batch. Empty = off.
     fault_delay_marker: str = ""
+    # Every stage: hold each batch this long once its jobs are claimed, so that a test can kill
+    # or stop a worker that certainly holds one (digitflow/stage.py). 0 = off.
+    fault_hold_s: float = 0.0
+    # A consuming process that has not beaten for this long is dead, and a live worker hands
+    # its unacknowledged messages on (digitflow/deliveries.py); one killed outright is seen
+    # sooner, by its closed connection. A worker that cannot run its beat thread this long
+    # (paused, cut off) has its batch taken over, and the job's fence refuses its writes.
+    delivery_lease_s: float = 4.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0.4 <= self.delivery_lease_s < self.visibility_timeout_s:
+            raise ConfigurationError("need 0.4 <= DELIVERY_LEASE_S < VISIBILITY_TIMEOUT_S")
+        if self.fault_hold_s < 0:
+            raise ConfigurationError("FAULT_HOLD_S must be >= 0")
 
 
 @dataclass(frozen=True)

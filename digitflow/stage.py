@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -23,7 +23,7 @@ from digitflow.errors import (
     StageTimeoutError,
     StoreUnavailableError,
 )
-from digitflow.jobs import JobStore
+from digitflow.jobs import Fence, JobStore, message_fence, token_fence
 from digitflow.messages import Batch, Item, check_item, make_batch, parse_batch
 from digitflow.observability import (
     BATCH_SIZE,
@@ -36,6 +36,15 @@ from digitflow.observability import (
 
 Step = Callable[[list[Item]], Sequence[Any]]
 logger = logging.getLogger("digitflow.stage")
+_fault_hold_s = 0.0
+
+
+def set_fault_hold(seconds: float) -> None:
+    """Fault injection for the reliability tests only (FAULT_HOLD_S, set by worker_runtime):
+    each batch is held this long after its jobs are claimed, so that a test can kill or stop
+    a worker that certainly holds one. 0 = off."""
+    global _fault_hold_s
+    _fault_hold_s = seconds
 
 
 class UnexpectedStageError(DigitflowError):
@@ -89,19 +98,28 @@ def run_stage(
                 failures.append((job_id, exc))
     # The version that served a job (set by inference) is recorded when the next stage starts.
     versions = {item["job_id"]: {"model_version": str(item["version"])} for item in items if "version" in item}
+    senders = [str(item.get("fence", "")) for item in items]
     try:
-        live, attempt = store.start_stage(
-            stage, batch["batch_id"], [item["job_id"] for item in items], batch["sent_at"], versions
+        claimed, attempt = store.start_stage(
+            stage, batch["batch_id"], [item["job_id"] for item in items], batch["sent_at"], versions, senders
         )
     except redis.RedisError as exc:
         # Redis refused the write (out of memory, or gone): fail the batch now rather than leave
         # its jobs unfinished until the deadline sweep. The failure write frees each job's image.
         _store_refused(stage, batch["batch_id"], exc)
         refused: list[tuple[str, DigitflowError]] = [(item["job_id"], store_unavailable(stage)) for item in items]
-        _record(stage, store, [], failures + refused, False)
+        _record(stage, store, [], failures + refused, False, {})
         return make_batch(batch["batch_id"], [])
-    # Jobs already finished (a redelivered message after a crash) are not run again.
-    items = [item for item, is_live in zip(items, live, strict=True) if is_live]
+    if -1 in claimed:  # a delivery that came too late: another one holds these jobs now
+        log_event(
+            logger, "batch_fenced", logging.WARNING, stage=stage, batch_id=batch["batch_id"], jobs=claimed.count(-1)
+        )
+    # Jobs already finished (a redelivered message after a crash) or held by another delivery
+    # are not run again.
+    fences = {item["job_id"]: token for item, token in zip(items, claimed, strict=True) if token > 0}
+    items = [item for item in items if item["job_id"] in fences]
+    if _fault_hold_s and items:
+        time.sleep(_fault_hold_s)
     STAGE_QUEUE_SECONDS.labels(stage).observe(max(0.0, received - batch["sent_at"]))
     BATCH_SIZE.labels(stage).observe(len(items))
 
@@ -126,13 +144,19 @@ def run_stage(
             failures.append((item["job_id"], _failure_of(stage, out)))
         else:
             passed.append((item, out))
+    held = {job_id: token_fence(token) for job_id, token in fences.items()}
     try:
-        _record(stage, store, passed, failures, terminal)
+        _record(stage, store, passed, failures, terminal, held)
     except redis.RedisError as exc:
         _store_refused(stage, batch["batch_id"], exc)
         lost: list[tuple[str, DigitflowError]] = [(item["job_id"], store_unavailable(stage)) for item, _ in passed]
-        _record(stage, store, [], failures + lost, terminal)  # raises if Redis takes no write at all
+        _record(stage, store, [], failures + lost, terminal, held)  # raises if Redis takes no write at all
         passed = []
+    # The next stage claims a job only from the delivery holding its fence (what a paused
+    # worker sends after another took its batch over is refused there).
+    for item, out in passed:
+        if isinstance(out, dict):
+            out["fence"] = str(fences[item["job_id"]])
     if trace is not None:
         forward = trace.end({job_id: err.code for job_id, err in failures})
         if not terminal:  # the next stage continues each job's trace from this stage's span
@@ -212,9 +236,12 @@ def fail_batch_after_task_error(stage: str, store: JobStore, raw_batch: Any, exc
         error = store_unavailable(stage)
     else:
         error = UnexpectedStageError(f"the {stage} stage failed unexpectedly")
-    job_ids = [str(item["job_id"]) for item in batch["items"] if isinstance(item, dict) and item.get("job_id")]
+    items = [item for item in batch["items"] if isinstance(item, dict) and item.get("job_id")]
+    job_ids = [str(item["job_id"]) for item in items]
+    # Only jobs this message still holds: its sender's, or claimed by a delivery of it.
+    fences = {str(i["job_id"]): message_fence(stage, batch["batch_id"], str(i.get("fence", ""))) for i in items}
     try:
-        live = store.fail(stage, [(job_id, error) for job_id in job_ids])
+        live = store.fail(stage, [(job_id, error) for job_id in job_ids], fences)
     except redis.RedisError as write_error:
         _store_refused(stage, batch["batch_id"], write_error)
         return 0
@@ -254,9 +281,12 @@ def _record(
     passed: list[tuple[Item, Any]],
     failures: list[tuple[str, DigitflowError]],
     terminal: bool,
+    fences: Mapping[str, Fence],
 ) -> None:
+    refused = 0
     if failures:
-        store.fail(stage, failures)
+        written = store.fail(stage, failures, fences)
+        refused += written.count(False)
         for job_id, err in failures:
             JOBS_FAILED.labels(stage, err.code).inc()
             log_event(
@@ -270,5 +300,7 @@ def _record(
             )
     if passed:
         if terminal:
-            store.succeed(stage, [(item["job_id"], out) for item, out in passed])
+            refused += store.succeed(stage, [(item["job_id"], out) for item, out in passed], fences).count(False)
         JOBS_PROCESSED.labels(stage).inc(len(passed))
+    if refused:  # finished meanwhile, or fenced off: another delivery answers for them
+        log_event(logger, "job_writes_refused", logging.WARNING, stage=stage, jobs=refused)

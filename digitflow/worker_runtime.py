@@ -1,4 +1,5 @@
-"""What every stage worker does around its tasks: logging, heartbeat, metrics endpoint.
+"""What every stage worker does around its tasks: logging, heartbeat, the keeper of its
+deliveries (digitflow/deliveries.py), metrics endpoint.
 
 Each service's ``worker.py`` calls :func:`prepare_process` first (before prometheus_client is
 imported, which reads ``PROMETHEUS_MULTIPROC_DIR`` once) and then :func:`create_worker_app`.
@@ -44,10 +45,12 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
     from digitflow.heartbeat import Heartbeat
     from digitflow.observability import setup_logging
     from digitflow.redis_client import connect
+    from digitflow.stage import set_fault_hold
 
     app = make_celery(service, settings)
     state: dict[str, Any] = {}
     tracing.configure(service)
+    set_fault_hold(settings.fault_hold_s)
 
     @signals.setup_logging.connect(weak=False)
     def _logging(**_: Any) -> None:
@@ -61,6 +64,7 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
         beat = Heartbeat(connect(settings.redis_url), stage, name, settings.heartbeat_interval_s, processes)
         beat.start()
         state["heartbeat"] = beat
+        state["keeper"] = _start_keeper(app, service, settings)
         if settings.metrics_port:
             from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
@@ -70,9 +74,10 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
-        beat = state.pop("heartbeat", None)
-        if beat is not None:
-            beat.stop()
+        for key in ("heartbeat", "keeper"):
+            running = state.pop(key, None)
+            if running is not None:
+                running.stop()
         tracing.flush()  # the solo pool records spans in this process
 
     @signals.worker_process_shutdown.connect(weak=False)
@@ -109,6 +114,24 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
             multiprocess.mark_process_dead(pid)
 
     return app
+
+
+def _start_keeper(app: Celery, service: str, settings: WorkerSettings) -> Any:
+    """Beat for this worker's deliveries and hand dead workers' on (in the main process: the
+    one that consumes and acknowledges, whatever the pool)."""
+    from digitflow.broker import restore_owned
+    from digitflow.deliveries import DeliveryKeeper
+
+    connection: dict[str, Any] = {}
+
+    def restore(tags: Any) -> int:
+        if "conn" not in connection:  # the keeper's thread only
+            connection["conn"] = app.connection_for_write()
+        return restore_owned(connection["conn"], tags)
+
+    keeper = DeliveryKeeper(settings.redis_url, settings.delivery_lease_s, restore, service)
+    keeper.start()
+    return keeper
 
 
 def _solo_time_limits(

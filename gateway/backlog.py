@@ -60,7 +60,9 @@ return items
 # then the job record's stage-start fields.
 # A job is stalled when it is unfinished, was never sent again, is in no gateway's backlog
 # (those are still to be sent) and neither its acceptance nor any stage's start is newer than
-# the cutoff. Marks each ``redispatched`` and lists it in the caller's backlog; returns the items.
+# the cutoff. Marks each ``redispatched`` and lists it in the caller's backlog; returns, per job,
+# its item and its fence (digitflow/jobs.py: the new message must carry it, or no stage would
+# claim the job from the delivery that held it last).
 _RECLAIM_LUA = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[5]))
 if #ids == 0 then return {} end
@@ -74,10 +76,10 @@ local function in_a_backlog(id)
 end
 local items = {}
 for _, id in ipairs(ids) do
-  local f = redis.call('HMGET', ARGV[3] .. id, 'status', 'item', 'redispatched', 'created_at', unpack(ARGV, 6))
+  local f = redis.call('HMGET', ARGV[3] .. id, 'status', 'item', 'redispatched', 'fence', 'created_at', unpack(ARGV, 6))
   if f[1] and f[1] ~= 'succeeded' and f[1] ~= 'failed' and f[2] and not f[3] then
     local last = 0
-    for i = 4, #f do
+    for i = 5, #f do
       local t = tonumber(f[i])
       if t and t > last then last = t end
     end
@@ -85,6 +87,7 @@ for _, id in ipairs(ids) do
       redis.call('HSET', ARGV[3] .. id, 'redispatched', ARGV[4])
       redis.call('ZADD', KEYS[3], ARGV[4], id)
       items[#items + 1] = f[2]
+      items[#items + 1] = f[4] or ''
     end
   end
 end
@@ -142,7 +145,13 @@ class Backlog:
                 args=[now - stalled_s, BACKLOG_PREFIX, JOB_PREFIX, now, limit, *_STAGE_STARTS],
             ),
         )
-        return [cast(Item, json.loads(entry)) for entry in raw]
+        items = []
+        for entry, fence in zip(raw[::2], raw[1::2], strict=True):
+            item = cast(Item, json.loads(entry))
+            if fence:
+                item["fence"] = fence.decode()
+            items.append(item)
+        return items
 
     def leave(self) -> None:
         """A clean stop: keep the backlog, but let a live gateway adopt it at once."""

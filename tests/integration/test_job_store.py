@@ -103,10 +103,10 @@ def test_a_stage_starts_in_one_round_trip_even_after_redis_lost_its_scripts(redi
         return execute_command(*args, **kwargs)
 
     redis_client.execute_command = counting  # type: ignore[method-assign]
-    live, attempt = store.start_stage("preprocess", "b1", ids, time.time())
-    assert live == [True, True] and attempt == 1
+    fences, attempt = store.start_stage("preprocess", "b1", ids, time.time())
+    assert fences == [1, 1] and attempt == 1
     assert sent["n"] == 0, "no SCRIPT EXISTS before the pipeline"
     redis_client.script_flush()  # what a Redis restart without its script cache looks like
-    live, attempt = store.start_stage("inference", "b1", ids, time.time())
-    assert live == [True, True] and attempt == 1
+    fences, attempt = store.start_stage("inference", "b1", ids, time.time(), sender_fences=["1", "1"])
+    assert fences == [2, 2] and attempt == 1
     assert store.get(ids[0])["status"] == "inferring"
