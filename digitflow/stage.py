@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded
 
 from digitflow import tracing
 from digitflow.errors import (
@@ -23,7 +23,7 @@ from digitflow.errors import (
     StageTimeoutError,
     StoreUnavailableError,
 )
-from digitflow.jobs import Fence, JobStore, message_fence, token_fence
+from digitflow.jobs import Fence, JobStore, token_fence
 from digitflow.messages import Batch, Item, check_item, make_batch, parse_batch
 from digitflow.observability import (
     BATCH_SIZE,
@@ -37,6 +37,9 @@ from digitflow.observability import (
 Step = Callable[[list[Item]], Sequence[Any]]
 logger = logging.getLogger("digitflow.stage")
 _fault_hold_s = 0.0
+# The fences this process's running batches claimed (batch id -> job -> token): a task that
+# ends in an exception here fails only what its own delivery still holds.
+CLAIMED: dict[str, dict[str, int]] = {}  # read by digitflow/stage_failures.py
 
 
 def set_fault_hold(seconds: float) -> None:
@@ -106,7 +109,7 @@ def run_stage(
     except redis.RedisError as exc:
         # Redis refused the write (out of memory, or gone): fail the batch now rather than leave
         # its jobs unfinished until the deadline sweep. The failure write frees each job's image.
-        _store_refused(stage, batch["batch_id"], exc)
+        log_store_refused(stage, batch["batch_id"], exc)
         refused: list[tuple[str, DigitflowError]] = [(item["job_id"], store_unavailable(stage)) for item in items]
         _record(stage, store, [], failures + refused, False, {})
         return make_batch(batch["batch_id"], [])
@@ -122,7 +125,25 @@ def run_stage(
         time.sleep(_fault_hold_s)
     STAGE_QUEUE_SECONDS.labels(stage).observe(max(0.0, received - batch["sent_at"]))
     BATCH_SIZE.labels(stage).observe(len(items))
+    # Left in place when the task ends in an exception: its failure hook takes it.
+    CLAIMED[batch["batch_id"]] = fences
+    out = _run_claimed(stage, batch, items, failures, fences, attempt, store, step, terminal, max_strikes)
+    CLAIMED.pop(batch["batch_id"], None)
+    return out
 
+
+def _run_claimed(
+    stage: str,
+    batch: Batch,
+    items: list[Item],
+    failures: list[tuple[str, DigitflowError]],
+    fences: dict[str, int],
+    attempt: int,
+    store: JobStore,
+    step: Step,
+    terminal: bool,
+    max_strikes: int,
+) -> Batch:
     # One span per batch and one per job in the job's own trace (digitflow/tracing.py); None when off.
     trace = tracing.start_batch(stage, batch["batch_id"], items) if items and tracing.enabled() else None
     started = time.perf_counter()
@@ -148,7 +169,7 @@ def run_stage(
     try:
         _record(stage, store, passed, failures, terminal, held)
     except redis.RedisError as exc:
-        _store_refused(stage, batch["batch_id"], exc)
+        log_store_refused(stage, batch["batch_id"], exc)
         lost: list[tuple[str, DigitflowError]] = [(item["job_id"], store_unavailable(stage)) for item, _ in passed]
         _record(stage, store, [], failures + lost, terminal, held)  # raises if Redis takes no write at all
         passed = []
@@ -188,7 +209,7 @@ def run_stage(
     return make_batch(batch["batch_id"], [out for _, out in passed])
 
 
-def _store_refused(stage: str, batch_id: str, exc: redis.RedisError) -> None:
+def log_store_refused(stage: str, batch_id: str, exc: redis.RedisError) -> None:
     log_event(logger, "store_write_refused", logging.ERROR, stage=stage, batch_id=batch_id, error=str(exc)[:300])
 
 
@@ -217,48 +238,6 @@ def _run_one_by_one(stage: str, store: JobStore, batch_id: str, items: list[Item
         outputs.extend(_run_batch(stage, [item], step))
     store.set_suspect(stage, batch_id, None)
     return outputs
-
-
-def fail_batch_after_task_error(stage: str, store: JobStore, raw_batch: Any, exc: BaseException) -> int:
-    """Fail the live jobs of a stage task that ended in an exception outside ``run_stage``'s own
-    handling: its hard time limit (the worker killed the process), a soft limit that struck
-    outside the step, or a Redis error while sending the next message. Celery acknowledges
-    such a task, so without this its jobs would wait for the deadline sweep. Returns how many
-    jobs were failed; Redis errors here are logged and left to the sweep.
-    """
-    try:
-        batch = parse_batch(raw_batch)
-    except InvalidMessageError:
-        return 0
-    if isinstance(exc, SoftTimeLimitExceeded | TimeLimitExceeded):
-        error: DigitflowError = stage_timeout(stage)
-    elif isinstance(exc, redis.RedisError) or "OOM" in str(exc):
-        error = store_unavailable(stage)
-    else:
-        error = UnexpectedStageError(f"the {stage} stage failed unexpectedly")
-    items = [item for item in batch["items"] if isinstance(item, dict) and item.get("job_id")]
-    job_ids = [str(item["job_id"]) for item in items]
-    # Only jobs this message still holds: its sender's, or claimed by a delivery of it.
-    fences = {str(i["job_id"]): message_fence(stage, batch["batch_id"], str(i.get("fence", ""))) for i in items}
-    try:
-        live = store.fail(stage, [(job_id, error) for job_id in job_ids], fences)
-    except redis.RedisError as write_error:
-        _store_refused(stage, batch["batch_id"], write_error)
-        return 0
-    failed = sum(live)
-    log_event(
-        logger,
-        "task_failed",
-        logging.ERROR,
-        stage=stage,
-        batch_id=batch["batch_id"],
-        error_code=error.code,
-        failed=failed,
-        error=f"{type(exc).__name__}: {str(exc)[:300]}",
-    )
-    for _ in range(failed):
-        JOBS_FAILED.labels(stage, error.code).inc()
-    return failed
 
 
 def _strike(

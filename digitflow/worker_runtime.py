@@ -88,7 +88,7 @@ def create_worker_app(service: str, stage: str, settings: WorkerSettings) -> Cel
     task_name = TASK_OF_STAGE.get(stage)
 
     def fail_batch(batch: Any, exc: BaseException) -> None:
-        from digitflow.stage import fail_batch_after_task_error
+        from digitflow.stage_failures import fail_batch_after_task_error
 
         if "store" not in state:
             state["store"] = ProcessResources(settings).store

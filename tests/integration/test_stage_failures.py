@@ -14,7 +14,8 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from digitflow.jobs import JobStore, NewJob, new_job_id
 from digitflow.keys import JOB_PREFIX
 from digitflow.messages import Item, make_batch
-from digitflow.stage import fail_batch_after_task_error, run_stage
+from digitflow.stage import run_stage
+from digitflow.stage_failures import fail_batch_after_task_error
 
 
 @pytest.fixture
