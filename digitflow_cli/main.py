@@ -52,20 +52,41 @@ def cmd_job(args: argparse.Namespace) -> int:
     return 0 if status < 400 else 2
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from digitflow.redis_client import is_reachable
-    from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs, free_port, redis_spec
+def choose_redis(redis_url: str, var_dir: Path, me: dict[str, Any]) -> tuple[str, list[Any]]:
+    """The Redis this deployment uses, and the private redis-server to start (if any): the one at
+    ``redis_url`` when it answers and no other live deployment holds it (digitflow_cli/deployment.py)."""
+    from digitflow.redis_client import connect, is_reachable
+    from digitflow_cli import deployment
+    from digitflow_cli.supervisor import free_port, redis_spec
 
-    var_dir = Path(os.environ.get("VAR_DIR", Path.cwd() / "var")).resolve()
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    specs = []
     if is_reachable(redis_url):
-        print(f"using Redis at {redis_url}")
+        client = connect(redis_url)
+        holder = deployment.claim(client, me)
+        if holder is None:
+            print(f"using Redis at {redis_url} (deployment {me['id']})")
+            line = deployment.taken_over_line(redis_url, me, deployment.last_user(client))
+            if line:
+                print(line)
+            deployment.mark_last(client, me)
+            return redis_url, []
+        port = free_port()
+        print(deployment.busy_line(redis_url, holder, port))
     else:
         port = free_port()
-        specs.append(redis_spec(var_dir, port))
-        redis_url = f"redis://127.0.0.1:{port}/0"
         print(f"no Redis answered; starting a private redis-server on port {port} (data in {var_dir}/redis)")
+    return f"redis://127.0.0.1:{port}/0", [redis_spec(var_dir, port)]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import redis
+
+    from digitflow.redis_client import connect
+    from digitflow_cli import deployment
+    from digitflow_cli.supervisor import StackConfig, Supervisor, build_specs
+
+    var_dir = Path(os.environ.get("VAR_DIR", Path.cwd() / "var")).resolve()
+    me = deployment.record(deployment.deployment_id(var_dir), var_dir)
+    redis_url, specs = choose_redis(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), var_dir, me)
     cfg = StackConfig(
         var_dir=var_dir,
         redis_url=redis_url,
@@ -92,12 +113,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    owner = connect(redis_url)
+    held = {"renewed": 0.0, "lost": False}
+
+    def renew() -> None:
+        """Keep holding this Redis (the key expires DEPLOYMENT_TTL_S after the last renewal)."""
+        if time.monotonic() - held["renewed"] < deployment.RENEW_S:
+            return
+        with contextlib.suppress(redis.RedisError):  # Redis restarting: the next renewal claims again
+            holder = deployment.claim(owner, me)
+            held["renewed"] = time.monotonic()
+            if holder is not None and not held["lost"]:
+                print(f"warning: Redis at {redis_url} is now held by {deployment.describe(holder)}", flush=True)
+            held["lost"] = holder is not None
+
     try:
         sup.start_all(redis_url)
+        renew()
         base = f"http://127.0.0.1:{args.port}"
         deadline, ready = time.monotonic() + args.ready_timeout, False
         while not stop["now"] and not ready and time.monotonic() < deadline:
             sup.poll()
+            renew()
             with contextlib.suppress(OSError, ValueError):
                 ready = request(f"{base}/readyz", timeout=2)[0] == 200
             time.sleep(0.3)
@@ -114,9 +151,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("Ctrl-C stops everything.", flush=True)
         while not stop["now"]:
             sup.poll()
+            renew()
             time.sleep(0.5)
     finally:
         print("stopping ...", flush=True)
+        with contextlib.suppress(redis.RedisError):
+            deployment.release(owner, me["id"])
         sup.close()
     return 0
 
