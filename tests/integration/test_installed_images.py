@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def dockerfile_stages() -> dict[str, tuple[str, str]]:
     """stage -> (parent, body) for every ``FROM parent AS stage``."""
     text = (ROOT / "Dockerfile").read_text()
-    parts = re.split(r"^FROM (\S+) AS (\w+)\s*$", text, flags=re.MULTILINE)
+    parts = re.split(r"^FROM (\S+) AS ([\w-]+)\s*$", text, flags=re.MULTILINE)
     return {parts[i + 1]: (parts[i], parts[i + 2]) for i in range(1, len(parts), 3)}
 
 

@@ -33,7 +33,7 @@ def compose() -> dict[str, Any]:
 
 def dockerfile_stages() -> dict[str, str]:
     text = (ROOT / "Dockerfile").read_text()
-    parts = re.split(r"^FROM .* AS (\w+)\s*$", text, flags=re.MULTILINE)
+    parts = re.split(r"^FROM .* AS ([\w-]+)\s*$", text, flags=re.MULTILINE)
     return {parts[i]: parts[i + 1] for i in range(1, len(parts), 2)}
 
 
@@ -94,10 +94,10 @@ def test_only_the_inference_and_training_images_install_torch() -> None:
     stages = dockerfile_stages()
     assert {"gateway", "preprocess", "inference", "training", "postprocess", "flower"} <= set(stages)
     for name, body in stages.items():
-        installs_torch = any(f"[{extra}" in body for extra in ("inference", "training")) or "torch" in body.replace(
-            "whl/cpu", ""
+        installs_torch = any(f"install-deps {extra}" in body for extra in ("inference", "training")) or (
+            "torch" in body
         )
-        assert installs_torch == (name in {"inference", "training"}), name
+        assert installs_torch == (name in {"inference", "inference-cuda", "training"}), name
 
 
 def test_docker_compose_validates_the_file() -> None:
@@ -145,7 +145,7 @@ def test_mlflow_server_keeps_its_store_and_artifacts_in_a_volume(compose: dict[s
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert any(v.endswith(":/mlflow") for v in service["volumes"]) and "mlflow-data" in compose["volumes"]
     stages = dockerfile_stages()
-    assert "mlflow==" in stages["mlflow"] and "[registry]" in stages["registry"]
+    assert "mlflow==" in stages["mlflow"] and "install-deps registry" in stages["registry"]
 
 
 def test_prediction_log_is_postgres_for_exactly_the_services_that_use_it(compose: dict[str, Any]) -> None:
@@ -189,3 +189,26 @@ def test_only_the_registry_clients_can_reach_mlflow(compose: dict[str, Any]) -> 
         assert on_registry == (name in clients | {"mlflow"}), name
         if name in clients:
             assert "default" in service["networks"], f"{name} must still reach Redis"
+
+
+def test_every_service_is_hardened_and_shares_nothing_but_the_network(compose: dict[str, Any]) -> None:
+    """Read-only root and a tmpfs /tmp everywhere, as the Kubernetes manifests declare; non-root
+    (the image's USER, or `user:` for the public images that start as root); a named volume is
+    mounted by one service at most (the config bind mounts are read-only)."""
+    stages = dockerfile_stages()
+    owners: dict[str, str] = {}
+    for name, service in compose["services"].items():
+        assert service.get("read_only") is True, name
+        assert any(str(path).split(":")[0] == "/tmp" for path in service["tmpfs"]), name
+        target = service.get("build", {}).get("target")
+        if target:
+            assert "\nUSER digitflow" in stages[target] or "\nUSER mlflow" in stages[target], name
+        elif name in {"redis", "postgres"}:
+            assert service["user"] == name
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert volume.endswith(":ro"), (name, volume)
+            else:
+                assert owners.setdefault(source, name) == name, f"{source} is shared by {owners[source]} and {name}"
+    assert compose["services"]["grafana"]["profiles"] == ["dashboards"]
