@@ -66,7 +66,8 @@ state vanish.
 Celery's own keys on the same database (kombu's Redis transport): one list per queue
 (``preprocess``, ``inference``, ``inference.<model>``, ``postprocess``, ``registry``,
 ``monitor``, ``training``), ``unacked`` / ``unacked_index`` / ``unacked_mutex`` (messages
-delivered but not acknowledged, redelivered after VISIBILITY_TIMEOUT_S) and
+delivered but not acknowledged: handed on by a keeper when their owner in ``df:deliveries``
+dies, else redelivered after VISIBILITY_TIMEOUT_S) and
 ``_kombu.binding.*``.
 """
 

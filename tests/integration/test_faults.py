@@ -119,8 +119,8 @@ def fault_stack(redis_server: RedisServer, tmp_path: Path) -> Iterator[Stack]:
 
 
 # Preprocess runs prefork (a pool child dies, its parent hands the batch out again); inference
-# runs solo (the worker itself dies and is started again; its batch comes back after the
-# visibility timeout).
+# runs solo (the worker itself dies and is started again; a live worker's keeper hands its batch
+# back to the queue within seconds: digitflow/deliveries.py, tests/integration/test_handoff.py).
 @pytest.mark.parametrize(("service", "victim"), [("preprocess", "pool_child"), ("inference", "main_process")])
 def test_kill_9_of_a_worker_mid_stream_loses_nothing(fault_stack: Stack, service: str, victim: str) -> None:
     stack = fault_stack
@@ -161,9 +161,12 @@ def test_poison_job_is_failed_after_bounded_retries_and_others_flow(redis_server
         normal = photos(5, seed=200)
         files = [("image", ("p.png", png_with_text("DIGITFLOW-POISON"), "image/png"))]
         files += [("image", (f"{i}.jpg", data, "image/jpeg")) for i, (data, _) in enumerate(normal)]
+        sent_at = time.time()
         body = requests.post(f"{stack.base_url}/v1/jobs", files=files, timeout=30).json()
         ids = [j["job_id"] for j in body["jobs"]]
         jobs = wait_all(stack, ids, timeout_s=60)
+        ended = max(float(j["finished_at"]) for j in jobs) - sent_at  # type: ignore[arg-type]
+        print(f"\n[poison, prefork preprocess] all 6 jobs ended {ended:.1f} s after submission")
         poison, rest = jobs[0], jobs[1:]
         assert poison["status"] == "failed"
         assert poison["error"] == {  # type: ignore[comparison-overlap]

@@ -69,6 +69,16 @@ def wait_held(client: redis.Redis, pid: int, timeout_s: float = 30) -> None:
         time.sleep(0.01)
 
 
+def worker_events(stack: Stack, event: str) -> list[dict[str, object]]:
+    return [
+        e
+        for name in stack.supervisor.running
+        if name != "gateway"  # every worker runs a keeper (digitflow/worker_runtime.py)
+        for e in stack.log_events(name)
+        if e.get("event") == event
+    ]
+
+
 def report(name: str, stack: Stack, ids: list[str], done: DoneCounter, fault_at: float) -> list[dict[str, object]]:
     jobs = wait_all(stack, ids, timeout_s=90)
     time.sleep(1.0)
@@ -77,9 +87,12 @@ def report(name: str, stack: Stack, ids: list[str], done: DoneCounter, fault_at:
     finished = [float(j["finished_at"]) for j in jobs if j["finished_at"]]  # type: ignore[arg-type]
     slowest = max(finished) - fault_at if finished else float("nan")
     duplicated = sum(done.counts[i] > 1 for i in ids)
+    handed = [float(e["ts"]) for e in worker_events(stack, "deliveries_handed_on") if float(e["ts"]) >= fault_at]
+    handed_s = f"{min(handed) - fault_at:.1f} s" if handed else "never (no keeper was needed)"
     print(
-        f"\n[{name}] slowest job ended {slowest:.1f} s after the fault; accepted {len(ids)}, "
-        f"succeeded {statuses['succeeded']}, failed {statuses['failed']}, duplicated {duplicated}"
+        f"\n[{name}] slowest job ended {slowest:.1f} s after the fault (handed on after {handed_s}); "
+        f"accepted {len(ids)}, succeeded {statuses['succeeded']}, failed {statuses['failed']}, "
+        f"duplicated {duplicated}"
     )
     assert duplicated == 0 and all(done.counts[i] == 1 for i in ids), "every job records exactly one result"
     assert slowest < BOUND_S, f"slowest job {slowest:.1f} s after the fault"
