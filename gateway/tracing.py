@@ -36,7 +36,9 @@ def _start() -> None:
     from opentelemetry import context, trace
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    parent = TraceContextTextMapPropagator().extract(dict(request.headers))  # a caller's own trace
+    # A caller's own trace. The propagator looks up "traceparent" as written; HTTP header names are
+    # case-insensitive, and Werkzeug hands them over capitalized ("Traceparent").
+    parent = TraceContextTextMapPropagator().extract({k.lower(): v for k, v in request.headers.items()})
     route = request.url_rule.rule if request.url_rule is not None else request.path
     span = tracer.start_span(
         f"{request.method} {route}",

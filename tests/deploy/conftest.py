@@ -25,6 +25,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "tests/deploy/" in str(item.fspath):
             item.add_marker(pytest.mark.deploy)
             item.add_marker(pytest.mark.slow)
+            # The first test's setup builds the images (minutes when cold) and starts the stack.
+            item.add_marker(pytest.mark.timeout(2400))
 
 
 @pytest.fixture(scope="session")

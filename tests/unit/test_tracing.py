@@ -71,3 +71,30 @@ def test_a_malformed_traceparent_fails_its_job(traceparent: object) -> None:
     with pytest.raises(InvalidMessageError, match="traceparent") as caught:
         check_item({"job_id": "j", "model": "digits", "traceparent": traceparent}, ())
     assert caught.value.details["job_id"] == "j"
+
+
+def test_a_callers_traceparent_header_is_continued_by_the_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP header names are case-insensitive: Werkzeug's "Traceparent" is the caller's trace."""
+    from flask import g
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from digitflow import tracing
+    from digitflow.settings import GatewaySettings
+    from gateway import create_app
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    provider = TracerProvider()  # no exporter: nothing leaves the process
+    monkeypatch.setitem(tracing._state, "pid", os.getpid())
+    monkeypatch.setitem(tracing._state, "tracer", provider.get_tracer("test"))
+    app = create_app(GatewaySettings.from_env({"REDIS_URL": "redis://127.0.0.1:1/0"}))
+    seen: dict[str, str] = {}
+
+    @app.get("/trace-probe")
+    def probe() -> str:
+        context = g.otel_span.get_span_context()
+        seen["trace"] = format(context.trace_id, "032x")
+        return "ok"
+
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    answer = app.test_client().get("/trace-probe", headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+    assert answer.status_code == 200 and seen["trace"] == trace_id
