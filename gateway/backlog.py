@@ -19,6 +19,7 @@ the job ends, and every stage is idempotent.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -105,6 +106,8 @@ class Backlog:
         self._adopt = client.register_script(_ADOPT_LUA)
         self._reclaim = client.register_script(_RECLAIM_LUA)
         self._registered = False
+        self._lock = threading.Lock()
+        self._untrimmed: list[str] = []  # sent, but their removal met no Redis (``sent``)
 
     def entries(self, items: Sequence[Item]) -> tuple[str, list[str]]:
         """What JobStore.create lists for ``items``: this backlog's key and each item's JSON.
@@ -116,12 +119,24 @@ class Backlog:
         return self.key, [json.dumps(item, separators=(",", ":")) for item in items]
 
     def sent(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            self.redis.zrem(self.key, *job_ids)
+        """The jobs left for the broker: they leave the backlog. Ids whose removal met no Redis
+        are removed at the next beat: left listed, they would shield jobs the broker lost (a
+        Redis restart under load) from ``reclaim_stalled`` until their deadline."""
+        with self._lock:
+            pending, self._untrimmed = [*self._untrimmed, *job_ids], []
+            if not pending:
+                return
+            try:
+                self.redis.zrem(self.key, *pending)
+            except redis.RedisError:
+                self._untrimmed = pending
+                raise
 
     def beat(self) -> None:
         self.redis.zadd(GATEWAYS, {self.gateway_id: time.time()})
         self._registered = True
+        if self._untrimmed:
+            self.sent(())
 
     def adopt(self) -> list[Item]:
         """Take over the backlogs of gateways dead for DEAD_AFTER_S; their queued jobs' items."""

@@ -26,7 +26,7 @@ from digitflow.tasks import STAGES
 from gateway import create_app
 from gateway.backlog import Backlog
 from gateway.services import GatewayServices
-from tests.conftest import RedisServer, wait_until
+from tests.conftest import RedisServer, start_redis, stop_redis, wait_until
 from tests.integration.test_faults import DoneCounter, photos, submit_many
 from tests.stacks import start_stack
 
@@ -69,6 +69,31 @@ def test_a_sent_job_without_progress_is_reclaimed_once(redis_url: str) -> None:
     # The fresh and the progressing job were left for their recent acceptance or stage start alone.
     assert {i["job_id"] for i in gateway.reclaim_stalled(0)} == {fresh[0]["job_id"], progressing[0]["job_id"]}
     client.close()
+
+
+def test_a_removal_that_met_no_redis_is_made_at_the_next_beat(tmp_path: Path) -> None:
+    """Redis restarted between a batch's send and its removal from the backlog (seen in the
+    compose suite's Redis restart): left listed, the job would be shielded from the sweep until
+    its deadline; it leaves at the next beat, and a lost message is sent again."""
+    server = start_redis(tmp_path)
+    client = redis.Redis.from_url(server.url())
+    store, gateway = JobStore(client, 3600), Backlog(client)
+    items = accept(store, gateway, 2, sent=False)
+    ids = [i["job_id"] for i in items]
+    stop_redis(server)
+    with pytest.raises(redis.ConnectionError):
+        gateway.sent(ids)
+    server = start_redis(tmp_path, server.port)  # the same data: its append-only file
+    try:
+        assert all(client.zscore(gateway.key, j) is not None for j in ids), "still listed"
+        gateway.beat()
+        assert all(client.zscore(gateway.key, j) is None for j in ids)
+        for job_id in ids:
+            age(client, job_id, 100)
+        assert sorted(i["job_id"] for i in gateway.reclaim_stalled(60)) == sorted(ids)
+    finally:
+        client.close()
+        stop_redis(server)
 
 
 def test_the_sweep_sends_stalled_jobs_again_only_while_every_stage_is_alive(redis_url: str) -> None:
