@@ -6,7 +6,7 @@
 # normal Docker host `docker compose build` does the same with the Dockerfile's defaults.
 #
 # Usage: deploy/offline/build-images.sh [TARGET ...]   (default: every target but inference-cuda)
-# Environment: DIGITFLOW_TAG (default latest), BUILD_LABEL (an extra label: a rebuilt image).
+# Environment: DIGITFLOW_TAG (default latest).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$root/deploy/offline/containers.conf}
@@ -22,7 +22,6 @@ for target in "${targets[@]}"; do
   # does (through the bridge, name lookups from build containers failed now and then).
   args=(--target "$target" -t "docker.io/digitflow/$target:$tag" --network host
         --label "org.opencontainers.image.title=digitflow-$target")
-  [ -z "${BUILD_LABEL:-}" ] || args+=(--label "digitflow.build=$BUILD_LABEL")
   case $target in
     inference | training)
       if [ -d "$cpu_wheels" ]; then

@@ -66,8 +66,10 @@ class ComposeStack:
         return cls(engine, project, env)
 
     # --- compose and podman ------------------------------------------------------------------
-    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> str:
-        argv = ["docker-compose", "-p", self.project, "-f", str(ROOT / "compose.yaml"), *args]
+    def compose(self, *args: str, timeout: float = 900, check: bool = True, override: Path | None = None) -> str:
+        """docker-compose on compose.yaml (and an override file the caller wrote, if any)."""
+        files = ["-f", str(ROOT / "compose.yaml")] + (["-f", str(override)] if override else [])
+        argv = ["docker-compose", "-p", self.project, *files, *args]
         result = subprocess.run(
             argv, env={**self.engine.env, **self.env}, capture_output=True, text=True, timeout=timeout, cwd=ROOT
         )

@@ -156,4 +156,7 @@ class DoneWatcher:
 
     def close(self) -> None:
         self._proc.terminate()
+        self._proc.wait(10)
         self._thread.join(5)
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()

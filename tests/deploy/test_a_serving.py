@@ -102,13 +102,15 @@ def test_flower_pages_in_chromium(stack: ComposeStack, browser: test_web.Browser
     )
     page = context.new_page()
     try:
+        ARTIFACTS.mkdir(exist_ok=True)
         page.goto(f"{stack.flower_url}/workers")
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(ARTIFACTS / "compose_flower_workers.png"), full_page=True)
         for stage in STAGE_SERVICES:
-            test_web.expect(page.get_by_role("link", name=re.compile(rf"^{stage}@"))).to_be_visible(timeout=30_000)
+            test_web.expect(page.get_by_role("link", name=re.compile(rf"{stage}@\w+"))).to_be_visible(timeout=30_000)
         page.goto(f"{stack.flower_url}/broker")
         for queue in STAGE_SERVICES:
             test_web.expect(page.locator(f"tr[id='{queue}']")).to_be_visible(timeout=30_000)
-        ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "compose_flower_broker.png"), full_page=True)
     finally:
         context.close()
