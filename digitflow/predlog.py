@@ -46,11 +46,13 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
     text,
     update,
 )
 from sqlalchemy.engine import Engine, Row
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 from digitflow.predlog_state import LogState
@@ -155,8 +157,17 @@ class PredictionLog:
             return 0
         defaults = {**ROW_DEFAULTS, "at": time.time()}
         full = [{**defaults, **row} for row in rows]
-        with self.engine.begin() as conn:
-            conn.execute(self._append, full)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(self._append, full)
+        except (ProgrammingError, OperationalError):
+            # The database was reset under a running service (a new PostgreSQL volume): the
+            # tables this process made at start are gone. Make them again and write once more.
+            if inspect(self.engine).has_table(predictions.name):
+                raise
+            metadata.create_all(self.engine, checkfirst=True)
+            with self.engine.begin() as conn:
+                conn.execute(self._append, full)
         return len(full)
 
     def get(self, job_id: str) -> Row[Any] | None:

@@ -22,6 +22,9 @@ import requests
 
 from digitflow_cli.supervisor import free_port
 from tests.deploy.engine import ROOT, Engine
+from tests.deploy.load import photos
+
+WARM_UP = photos(1, seed=99)[0][0]
 
 # The core stack: everything in compose.yaml but the `dashboards` profile (Grafana).
 SERVICES = (
@@ -168,17 +171,26 @@ class ComposeStack:
         return self.session.post(f"{self.base_url}/v1/jobs", files=files, headers=sent, timeout=wait + 30)
 
     def wait_ready(self, timeout_s: float = 300) -> None:
-        """Until the gateway says ready (Redis answers, every stage has a live worker) and the
-        registry has published a production version of `digits` (jobs are served)."""
+        """Until the gateway says ready (Redis answers, every stage has a live worker), the
+        registry has published a production version of `digits`, and a job succeeds."""
         deadline = time.monotonic() + timeout_s
         status, body = 0, {}
         while time.monotonic() < deadline:
             status, body = self.readyz()
-            if status == 200 and self._serving():
+            if status == 200 and self._serving() and self._warm():
                 return
             time.sleep(2)
         states = self.engine.podman("ps", "-a", "--filter", f"label=com.docker.compose.project={self.project}")
         raise AssertionError(f"stack not ready after {timeout_s:.0f} s: {status} {json.dumps(body)}\n{states}")
+
+    def _warm(self) -> bool:
+        """One job through the chain: each stage loads what it serves with (the model, lazily)
+        on its first job, which takes seconds on a busy machine; the tests time what follows."""
+        try:
+            answer = self.submit(WARM_UP, wait=60)
+        except requests.RequestException:
+            return False
+        return answer.status_code == 200 and answer.json().get("status") == "succeeded"
 
     def _serving(self) -> bool:
         try:

@@ -133,3 +133,14 @@ def test_prune_works_in_batches(prediction_log: PredictionLog) -> None:
 def test_retention_shorter_than_the_longest_window_is_refused(days: float) -> None:
     with pytest.raises(ConfigurationError, match="RETENTION_DAYS"):
         MonitorSettings.from_env({}, pixels_retention_days=days)
+
+
+def test_a_log_whose_database_was_reset_under_it_makes_its_tables_again(prediction_log: PredictionLog) -> None:
+    """A new PostgreSQL volume under a running postprocess worker (tests/deploy): the next batch
+    finds no table; it is made again and the batch written, instead of every row being lost."""
+    from digitflow.predlog import metadata
+
+    assert prediction_log.append([row("before", 1.0)]) == 1
+    metadata.drop_all(prediction_log.engine)
+    assert prediction_log.append([row("after", 2.0), row("after-2", 2.0)]) == 2
+    assert prediction_log.get("after") is not None and prediction_log.get("before") is None
