@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 import uuid
 
-from sqlalchemy import Column, Float, Integer, MetaData, String, Table, func, insert, select, update
+from sqlalchemy import Column, Float, Integer, MetaData, String, Table, func, insert, inspect, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 metadata = MetaData()
 about = Table(
@@ -42,23 +42,33 @@ class LogState:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         metadata.create_all(engine, checkfirst=True)
-        self._id: str | None = None
 
     def store_id(self) -> str:
-        """This log's id, created on first use; every process on the same log reads the same one."""
-        if self._id is None:
-            with self.engine.connect() as conn:
-                found = conn.execute(select(about.c.value).where(about.c.name == STORE_ID)).scalar()
-            if found is None:
-                try:
-                    with self.engine.begin() as conn:
-                        conn.execute(insert(about).values(name=STORE_ID, value=uuid.uuid4().hex))
-                except IntegrityError:  # another process made it first: theirs counts
-                    pass
-                with self.engine.connect() as conn:
-                    found = conn.execute(select(about.c.value).where(about.c.name == STORE_ID)).scalar_one()
-            self._id = str(found)
-        return self._id
+        """This log's id, created on first use; every process on the same log reads the same one.
+
+        Read from the log at every call (one indexed row, once per monitor report), not kept in
+        memory: a database reset under a running service (a new PostgreSQL volume) is a new log,
+        noticed at the next call, with its tables made again."""
+        try:
+            found = self._read_id()
+        except (ProgrammingError, OperationalError):
+            if inspect(self.engine).has_table(about.name):
+                raise
+            metadata.create_all(self.engine, checkfirst=True)
+            found = None
+        if found is None:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(insert(about).values(name=STORE_ID, value=uuid.uuid4().hex))
+            except IntegrityError:  # another process made it first: theirs counts
+                pass
+            found = self._read_id()
+        return str(found)
+
+    def _read_id(self) -> str | None:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(about.c.value).where(about.c.name == STORE_ID)).scalar()
+        return None if found is None else str(found)
 
     def retrain_mark(self, model: str) -> tuple[int, float] | None:
         """(last row id a retrain of ``model`` used, when it ran), or None if none ran on this log."""

@@ -144,3 +144,17 @@ def test_a_log_whose_database_was_reset_under_it_makes_its_tables_again(predicti
     metadata.drop_all(prediction_log.engine)
     assert prediction_log.append([row("after", 2.0), row("after-2", 2.0)]) == 2
     assert prediction_log.get("after") is not None and prediction_log.get("before") is None
+
+
+def test_a_reset_database_is_a_new_log_to_a_running_process(prediction_log: PredictionLog) -> None:
+    """The log's id is read from the log, not kept: after the database is reset under a running
+    monitor, its next report sees a new id (and resets the Redis state pointing into the old)."""
+    from digitflow.predlog import metadata
+    from digitflow.predlog_state import metadata as state_metadata
+
+    first = prediction_log.state.store_id()
+    assert prediction_log.state.store_id() == first
+    metadata.drop_all(prediction_log.engine)
+    state_metadata.drop_all(prediction_log.engine)
+    second = prediction_log.state.store_id()
+    assert second != first and prediction_log.state.store_id() == second

@@ -28,11 +28,12 @@ def test_a_log_keeps_its_id_and_a_new_log_gets_another(tmp_path: Path) -> None:
     first = PredictionLog(url)
     same = PredictionLog(url)  # another process on the same file
     assert first.state.store_id() == same.state.store_id() and len(first.state.store_id()) == 32
+    old_id = same.state.store_id()
     first.close()
     same.close()
     shutil.rmtree(tmp_path / "a")  # var/ deleted
     again = PredictionLog(url)
-    assert again.state.store_id() != same.state.store_id()
+    assert again.state.store_id() != old_id
     again.close()
 
 
