@@ -46,7 +46,6 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    inspect,
     select,
     text,
     update,
@@ -55,7 +54,7 @@ from sqlalchemy.engine import Engine, Row
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
-from digitflow.predlog_state import LogState
+from digitflow.predlog_state import LogState, remade_after_reset
 
 metadata = MetaData()
 predictions = Table(
@@ -161,11 +160,10 @@ class PredictionLog:
             with self.engine.begin() as conn:
                 conn.execute(self._append, full)
         except (ProgrammingError, OperationalError):
-            # The database was reset under a running service (a new PostgreSQL volume): the
-            # tables this process made at start are gone. Make them again and write once more.
-            if inspect(self.engine).has_table(predictions.name):
+            # The tables this process made at start may be gone (the database was reset under
+            # it): made again, the batch is written once more.
+            if not remade_after_reset(self.engine, metadata, predictions):
                 raise
-            metadata.create_all(self.engine, checkfirst=True)
             with self.engine.begin() as conn:
                 conn.execute(self._append, full)
         return len(full)

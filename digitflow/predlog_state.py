@@ -36,6 +36,16 @@ marks = Table(
 STORE_ID = "store_id"
 
 
+def remade_after_reset(engine: Engine, tables: MetaData, probe: Table) -> bool:
+    """After a statement on ``probe`` failed: True when ``probe`` is gone (the database was reset
+    under this running process, a new PostgreSQL volume) and ``tables`` have been made again;
+    False when it is there, so the failure was something else for the caller to raise."""
+    if inspect(engine).has_table(probe.name):
+        return False
+    tables.create_all(engine, checkfirst=True)
+    return True
+
+
 class LogState:
     """The log's id and retrain watermarks, on the log's own engine (tables made on first use)."""
 
@@ -52,9 +62,8 @@ class LogState:
         try:
             found = self._read_id()
         except (ProgrammingError, OperationalError):
-            if inspect(self.engine).has_table(about.name):
+            if not remade_after_reset(self.engine, metadata, about):
                 raise
-            metadata.create_all(self.engine, checkfirst=True)
             found = None
         if found is None:
             try:

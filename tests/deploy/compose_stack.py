@@ -24,8 +24,6 @@ from digitflow_cli.supervisor import free_port
 from tests.deploy.engine import ROOT, Engine
 from tests.deploy.load import photos
 
-WARM_UP = photos(1, seed=99)[0][0]
-
 # The core stack: everything in compose.yaml but the `dashboards` profile (Grafana).
 SERVICES = (
     "redis",
@@ -117,6 +115,11 @@ class ComposeStack:
         found = re.search(rf"^{re.escape(name)}\{{{re.escape(labels)}\}} (\S+)$", text, re.MULTILINE)
         return float(found.group(1)) if found else 0.0
 
+    def logged_predictions(self) -> int:
+        """Rows in the prediction log (PostgreSQL's container); 0 while it has no table yet."""
+        count = "psql -U digitflow -d digitflow -tAc 'select count(*) from predictions' 2>/dev/null || echo 0"
+        return int(self.exec("postgres", count).strip() or 0)
+
     def network(self) -> str:
         return f"{self.project}_default"
 
@@ -187,7 +190,7 @@ class ComposeStack:
         """One job through the chain: each stage loads what it serves with (the model, lazily)
         on its first job, which takes seconds on a busy machine; the tests time what follows."""
         try:
-            answer = self.submit(WARM_UP, wait=60)
+            answer = self.submit(photos(1, seed=99)[0][0], wait=60)
         except requests.RequestException:
             return False
         return answer.status_code == 200 and answer.json().get("status") == "succeeded"

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,9 +72,9 @@ class Engine:
             raise RuntimeError(f"podman {' '.join(args)}: {result.stderr.strip()[-2000:]}")
         return result.stdout
 
-    def run_script(self, script: Path, *args: str, env: Mapping[str, str] | None = None) -> str:
+    def run_script(self, script: Path, *args: str) -> str:
         result = subprocess.run(
-            ["bash", str(script), *args], env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=3000
+            ["bash", str(script), *args], env=self.env, capture_output=True, text=True, timeout=3000
         )
         if result.returncode != 0:
             raise RuntimeError(f"{script.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

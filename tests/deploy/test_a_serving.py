@@ -25,7 +25,7 @@ STAGE_SERVICES = {
 }
 WORKER_SERVICES = {**STAGE_SERVICES, "registry": "registry_worker", "monitor": "monitor_worker"}
 WORKER_SERVICES["training"] = "training_worker"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARTIFACTS = test_web.ARTIFACTS
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,10 @@ from __future__ import annotations
 from tests.deploy.compose_stack import SERVICES, ComposeStack
 from tests.deploy.load import photos
 
-COUNT = "psql -U digitflow -d digitflow -tAc 'select count(*) from predictions'"
-
 
 def test_down_then_up_keeps_registry_prediction_log_and_queued_jobs(stack: ComposeStack) -> None:
     production = {m["name"]: m["production"] for m in stack.models()["models"]}
-    logged = int(stack.exec("postgres", COUNT).strip())
+    logged = stack.logged_predictions()
     assert logged > 0
 
     stack.compose("stop", "preprocess_worker")
@@ -31,5 +29,5 @@ def test_down_then_up_keeps_registry_prediction_log_and_queued_jobs(stack: Compo
     for job_id in queued:
         body = stack.session.get(f"{stack.base_url}/v1/jobs/{job_id}", params={"wait": "30"}, timeout=60).json()
         assert body["status"] == "succeeded", body
-    assert int(stack.exec("postgres", COUNT).strip()) >= logged + len(queued)
+    assert stack.logged_predictions() >= logged + len(queued)
     print(f"[deploy] down/up: production {production}, {len(queued)} queued jobs succeeded, prediction log kept")

@@ -11,8 +11,6 @@ from tests.conftest import wait_until
 from tests.deploy.compose_stack import ComposeStack
 from tests.deploy.load import photos
 
-COUNT = "psql -U digitflow -d digitflow -tAc 'select count(*) from predictions' 2>/dev/null || echo 0"
-
 
 def monitor_resets(stack: ComposeStack) -> list[dict[str, object]]:
     lines = stack.logs(stack.container("monitor_worker"), tail=5000).splitlines()
@@ -35,7 +33,7 @@ def test_a_reset_prediction_log_volume_with_redis_kept(stack: ComposeStack) -> N
 
     answers = [stack.submit(data, wait=20).json() for data, _ in photos(10, seed=43)]
     assert all(a["status"] == "succeeded" for a in answers), [a.get("error") for a in answers]
-    wait_until(lambda: int(stack.exec("postgres", COUNT).strip() or 0) >= 10, 60, 2, what="the new log has rows")
+    wait_until(lambda: stack.logged_predictions() >= 10, 60, 2, what="the new log has rows")
     # The monitor checks the log's identity before each report (MONITOR_INTERVAL_S, 60 s).
     wait_until(lambda: len(monitor_resets(stack)) > before, 150, 3, what="the monitor's store_state_reset line")
     print(f"[deploy] prediction log volume reset: {json.dumps(monitor_resets(stack)[-1])[:400]}")
